@@ -1,0 +1,168 @@
+// Command oci-proxy gives container images a domain of their own: it redirects registry clients to
+// the upstream registry for manifests and to the nearest mirror for blobs.
+//
+//	oci-proxy serve    --config config.yaml [--listen :8080] [--log-format text|json]
+//	oci-proxy validate --config config.yaml
+//	oci-proxy version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/app"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+	date    = "unknown"
+)
+
+const usage = `oci-proxy gives container images a domain of their own.
+
+Usage:
+  oci-proxy serve    --config FILE [--listen ADDR] [--log-format text|json] [--log-level LEVEL]
+  oci-proxy validate --config FILE
+  oci-proxy version
+
+Environment:
+  UpstreamRegistry  upstream registry URL (with its /v2/ path); overrides the file's upstream and
+                    is enough on its own to run without a config file
+  PORT              port to listen on when --listen is not given
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage means the command line was wrong; the message has been printed.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "validate":
+		err = validate(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", version, commit, date, runtime.Version())
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "oci-proxy: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "oci-proxy: %v\n", err)
+		return 1
+	}
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "oci-proxy %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return errUsage
+	}
+	return nil
+}
+
+// loadConfig loads the file, or, without one, runs on the UpstreamRegistry variable alone.
+func loadConfig(path, listen string) (*config.Config, error) {
+	ov := config.Overrides{Upstream: os.Getenv("UpstreamRegistry"), Listen: listen}
+	if ov.Listen == "" && os.Getenv("PORT") != "" {
+		ov.Listen = ":" + os.Getenv("PORT")
+	}
+	if path == "" {
+		if ov.Upstream == "" {
+			return nil, errors.New("no configuration: pass --config FILE or set UpstreamRegistry")
+		}
+		return config.FromEnv(ov)
+	}
+	return config.Load(path, ov)
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := newFlags("serve", stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML)")
+	listen := fs.String("listen", "", "address to listen on (overrides the file and $PORT)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath, *listen)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	svc, err := app.New(ctx, cfg, app.BuildInfo{Version: version, Commit: commit, Date: date}, log)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	return svc.Run(ctx)
+}
+
+func validate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("validate", stderr)
+	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath, config.Overrides{Upstream: os.Getenv("UpstreamRegistry")})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok (upstream %s, %d mirrors)\n", *cfgPath, cfg.UpstreamURL, len(cfg.Mirrors))
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

@@ -1,0 +1,291 @@
+// Package redirector is the HTTP face of oci-proxy: it parses every /v2/ request into a typed
+// Route, refuses what the OCI distribution grammar refuses, and answers with a redirect to the
+// upstream registry or, for blobs, to wherever the BlobRouter chooses. It never fetches image data,
+// never builds a Location from the request's Host, raw query or unvalidated path, and depends only
+// on the small interfaces declared here.
+package redirector
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/happy-turtle/oci-proxy/oci"
+	"github.com/happy-turtle/oci-proxy/upstream"
+)
+
+// BlobQuery is a blob request as the router sees it.
+type BlobQuery struct {
+	Client netip.Addr
+	Name   string // repository name as the client used it
+	Digest oci.Digest
+	Method string // GET or HEAD
+}
+
+// BlobTarget is where a blob request goes. An empty URL means the upstream.
+type BlobTarget struct {
+	URL    string // absolute URL built from configured base URLs only
+	Mirror string // mirror name, for X-Mirror; ignored when URL is empty
+	Reason string // for X-Mirror-Reason, e.g. "country" or "fallback:not-present"
+}
+
+// BlobRouter chooses where a blob request goes. It must answer (falling back to the upstream)
+// rather than fail: a blob the upstream has is never refused because a mirror misbehaved.
+type BlobRouter interface {
+	RouteBlob(ctx context.Context, q BlobQuery) BlobTarget
+}
+
+// Observer is told about every answered request, for metrics. Kind is 0 for requests outside /v2/.
+type Observer interface {
+	Observe(kind Kind, method string, status int, mirror string, elapsed time.Duration)
+}
+
+// Options configure a Handler. Only Upstream is required.
+type Options struct {
+	// Upstream maps repository names to the upstream registry.
+	Upstream *upstream.Table
+	// Blobs routes blob requests; nil sends every blob to the upstream (reason "no-mirrors").
+	Blobs BlobRouter
+	// ClientAddr finds the client's address; nil uses the connection's address.
+	ClientAddr func(*http.Request) netip.Addr
+	// Ready reports readiness for /readyz; nil is always ready.
+	Ready func() error
+	// Mount adds handlers for exact paths outside /v2/ (e.g. "/metrics", "/_/resolve").
+	Mount map[string]http.Handler
+	// Index describes the registry on the index page; the zero value shows generic text.
+	Index IndexInfo
+	// Observer receives every request's outcome; nil observes nothing.
+	Observer Observer
+	// Logger gets one line per request; nil discards.
+	Logger *slog.Logger
+	// Now is the clock for latencies; nil is time.Now.
+	Now func() time.Time
+}
+
+// Handler serves the registry API, the index page and health endpoints.
+type Handler struct {
+	opts  Options
+	log   *slog.Logger
+	now   func() time.Time
+	index []byte
+}
+
+// New returns a Handler. It panics if opts.Upstream is nil: that is a wiring bug, not input.
+func New(opts Options) *Handler {
+	if opts.Upstream == nil {
+		panic("redirector.New: Options.Upstream is nil")
+	}
+	h := &Handler{opts: opts, log: opts.Logger, now: opts.Now}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.opts.ClientAddr == nil {
+		h.opts.ClientAddr = RemoteAddr
+	}
+	h.index = renderIndex(opts.Index)
+	return h
+}
+
+// RemoteAddr is the connection's address, unmapped; the zero Addr if it cannot be parsed.
+func RemoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		host, _, err2 := net.SplitHostPort(r.RemoteAddr)
+		if err2 != nil {
+			return netip.Addr{}
+		}
+		a, _ := netip.ParseAddr(host)
+		return a.Unmap()
+	}
+	return ap.Addr().Unmap()
+}
+
+// Header values shared by every answer; net/http never modifies them.
+var (
+	apiVersion = []string{"registry/2.0"}
+	noStore    = []string{"no-store"}
+	jsonType   = []string{"application/json"}
+)
+
+// ServeHTTP answers one request and logs it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	kind := h.serve(rec, r)
+	elapsed := h.now().Sub(start)
+	if h.opts.Observer != nil {
+		h.opts.Observer.Observe(kind, r.Method, rec.status, rec.mirror, elapsed)
+	}
+	if h.log.Enabled(r.Context(), slog.LevelInfo) {
+		attrs := []slog.Attr{
+			slog.String("route", kind.String()),
+			slog.String("method", r.Method),
+			slog.Int("status", rec.status),
+			slog.Duration("latency", elapsed),
+		}
+		if rec.mirror != "" {
+			attrs = append(attrs, slog.String("mirror", rec.mirror), slog.String("reason", rec.reason))
+		}
+		if rec.code != "" {
+			attrs = append(attrs, slog.String("code", rec.code))
+		}
+		h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	}
+}
+
+func (h *Handler) serve(w *recorder, r *http.Request) Kind {
+	path := r.URL.EscapedPath()
+	if path != "/v2" && !strings.HasPrefix(path, "/v2/") {
+		h.serveOther(w, r, path)
+		return 0
+	}
+	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
+	// Path hygiene first, then the method, then the grammar: a write to a valid path learns that
+	// this registry is read-only, whatever it asked for.
+	if e := checkPath(path); e != nil {
+		w.fail(r, e)
+		return KindInvalid
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.fail(r, errUploads)
+		return 0
+	}
+	route, e := ParsePath(path, r.URL.RawQuery)
+	if e != nil {
+		w.fail(r, e)
+		return KindInvalid
+	}
+	switch route.Kind {
+	case KindBase:
+		hd := w.Header()
+		hd["Content-Type"] = jsonType
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write([]byte("{}"))
+		}
+	case KindBlob:
+		h.serveBlob(w, r, route)
+	default:
+		up, name := h.opts.Upstream.Lookup(route.Name)
+		var loc string
+		switch route.Kind {
+		case KindManifest:
+			loc = up.URL(name, "manifests", route.Reference(), "")
+		case KindTags:
+			loc = up.URL(name, "tags", "list", route.Query)
+		case KindReferrers:
+			loc = up.URL(name, "referrers", route.Digest.String(), route.Query)
+		}
+		redirect(w, loc)
+	}
+	return route.Kind
+}
+
+func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
+	var t BlobTarget
+	if h.opts.Blobs != nil {
+		t = h.opts.Blobs.RouteBlob(r.Context(), BlobQuery{
+			Client: h.opts.ClientAddr(r),
+			Name:   route.Name,
+			Digest: route.Digest,
+			Method: r.Method,
+		})
+	}
+	if t.URL == "" {
+		up, name := h.opts.Upstream.Lookup(route.Name)
+		t.URL = up.URL(name, "blobs", route.Digest.String(), "")
+		t.Mirror = "upstream"
+		if t.Reason == "" {
+			t.Reason = "no-mirrors"
+		}
+	}
+	w.mirror, w.reason = t.Mirror, t.Reason
+	hd := w.Header()
+	hd["X-Mirror"] = []string{t.Mirror}
+	hd["X-Mirror-Reason"] = []string{t.Reason}
+	redirect(w, t.URL)
+}
+
+// redirect answers 307 without a body: clients follow Location and the body would only cost bytes.
+// The answer depends on the tag's current target and on the client's address, so no shared cache
+// may keep it.
+func redirect(w http.ResponseWriter, loc string) {
+	hd := w.Header()
+	hd["Location"] = []string{loc}
+	hd["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusTemporaryRedirect)
+}
+
+func (h *Handler) serveOther(w *recorder, r *http.Request, path string) {
+	if hd, ok := h.opts.Mount[path]; ok {
+		hd.ServeHTTP(w, r)
+		return
+	}
+	switch path {
+	case "/":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		hd := w.Header()
+		hd.Set("Content-Type", "text/html; charset=utf-8")
+		hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(h.index)
+		}
+	case "/healthz":
+		plain(w, r, http.StatusOK, "ok\n")
+	case "/readyz":
+		if h.opts.Ready != nil {
+			if err := h.opts.Ready(); err != nil {
+				h.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready", slog.String("error", err.Error()))
+				plain(w, r, http.StatusServiceUnavailable, "not ready\n")
+				return
+			}
+		}
+		plain(w, r, http.StatusOK, "ready\n")
+	default:
+		plain(w, r, http.StatusNotFound, "404 page not found\n")
+	}
+}
+
+func plain(w http.ResponseWriter, r *http.Request, status int, body string) {
+	hd := w.Header()
+	hd.Set("Content-Type", "text/plain; charset=utf-8")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(body))
+	}
+}
+
+// recorder remembers what was answered, for the request log and metrics.
+type recorder struct {
+	http.ResponseWriter
+	status         int
+	mirror, reason string
+	code           string
+}
+
+func (w *recorder) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *recorder) fail(r *http.Request, e *Error) {
+	w.code = e.Code
+	writeError(w, r, e)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,102 @@
+// Package upstream knows where the real registry is: it turns a validated route into the upstream
+// URL a client is redirected to, choosing among the configured routes by longest name prefix. It
+// does not parse requests (redirector does) and does not fetch anything.
+package upstream
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// Route sends repository names under Prefix to Base. Base is the upstream's /v2/ URL with any
+// repository prefix of its own, ending in "/", e.g. https://ghcr.io/v2/acme/.
+type Route struct {
+	Prefix string
+	Base   *url.URL
+	base   string // Base as a string, computed once
+}
+
+// Table holds the routes, longest prefix first; the last one has Prefix "" and catches every name.
+type Table struct {
+	routes []Route
+}
+
+// NewTable builds a table from a default upstream (may be nil when a route has prefix "") and
+// extra routes. Bases must be absolute http(s) URLs whose path starts with /v2/; the caller
+// (config) has validated them, this only normalises the trailing slash.
+func NewTable(def *url.URL, extra []Route) (*Table, error) {
+	t := &Table{}
+	hasDefault := false
+	for _, r := range extra {
+		if r.Prefix == "" {
+			hasDefault = true
+		}
+		t.routes = append(t.routes, newRoute(r.Prefix, r.Base))
+	}
+	if !hasDefault {
+		if def == nil {
+			return nil, fmt.Errorf("no default upstream: set `upstream` or a route with prefix \"\"")
+		}
+		t.routes = append(t.routes, newRoute("", def))
+	}
+	sort.SliceStable(t.routes, func(i, j int) bool { return len(t.routes[i].Prefix) > len(t.routes[j].Prefix) })
+	return t, nil
+}
+
+func newRoute(prefix string, base *url.URL) Route {
+	b := *base
+	if !strings.HasSuffix(b.Path, "/") {
+		b.Path += "/"
+		if b.RawPath != "" {
+			b.RawPath += "/"
+		}
+	}
+	b.RawQuery, b.Fragment = "", ""
+	return Route{Prefix: prefix, Base: &b, base: b.String()}
+}
+
+// Lookup returns the route for a repository name and the name as the upstream knows it (the
+// route's prefix removed).
+func (t *Table) Lookup(name string) (*Route, string) {
+	for i := range t.routes {
+		r := &t.routes[i]
+		if rest, ok := strings.CutPrefix(name, r.Prefix); ok && rest != "" {
+			return r, rest
+		}
+	}
+	// Unreachable with a default route: prefix "" matches every non-empty name.
+	return &t.routes[len(t.routes)-1], name
+}
+
+// Routes returns the routes, longest prefix first.
+func (t *Table) Routes() []Route { return t.routes }
+
+// URL joins the route's base with a validated name, a path kind ("manifests", "blobs", "tags",
+// "referrers"), a reference and an encoded query. All parts must come from validated input: they
+// are placed as they are.
+func (r *Route) URL(name, kind, ref, query string) string {
+	n := len(r.base) + len(name) + 1 + len(kind) + 1 + len(ref)
+	if query != "" {
+		n += 1 + len(query)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(r.base)
+	b.WriteString(name)
+	b.WriteByte('/')
+	b.WriteString(kind)
+	if ref != "" {
+		b.WriteByte('/')
+		b.WriteString(ref)
+	}
+	if query != "" {
+		b.WriteByte('?')
+		b.WriteString(query)
+	}
+	return b.String()
+}
+
+// String returns the base URL.
+func (r *Route) String() string { return r.base }
