@@ -155,7 +155,7 @@ func (h *Handler) serve(w *recorder, r *http.Request) Kind {
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.fail(r, errUploads)
-		return 0
+		return KindInvalid
 	}
 	route, e := ParsePath(path, r.URL.RawQuery)
 	if e != nil {

@@ -1,0 +1,56 @@
+package redirector
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func BenchmarkParsePath(b *testing.B) {
+	for _, bc := range []struct{ name, path string }{
+		{"manifest-tag", "/v2/oci-proxy/manifests/1.0.0"},
+		{"blob", "/v2/org/team/app/blobs/sha256:" + hex64},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, e := ParsePath(bc.path, ""); e != nil {
+					b.Fatal(e)
+				}
+			}
+		})
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps only its headers, so the benchmark measures the
+// handler rather than httptest's recorder.
+type discardWriter struct{ h http.Header }
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(int)             {}
+
+func BenchmarkHandlerManifestRedirect(b *testing.B) {
+	h := New(Options{Upstream: newTable(b)})
+	req := httptest.NewRequest("GET", "/v2/oci-proxy/manifests/1.0.0", nil)
+	w := &discardWriter{h: make(http.Header, 8)}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, req)
+	}
+	if w.h.Get("Location") == "" {
+		b.Fatal("no redirect")
+	}
+}
+
+func BenchmarkHandlerBlobUpstream(b *testing.B) {
+	h := New(Options{Upstream: newTable(b)})
+	req := httptest.NewRequest("GET", "/v2/org/app/blobs/sha256:"+hex64, nil)
+	w := &discardWriter{h: make(http.Header, 8)}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, req)
+	}
+}
