@@ -1,0 +1,358 @@
+package geo
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"go4.org/netipx"
+)
+
+// Bounds on what a request's forwarding headers can make us do. Only the rightmost hops can have
+// been written by our own proxies; everything further left came from the client and is worth
+// nothing, so dropping it never changes an honest answer.
+const (
+	// MaxHops is how many hops, counted from the right, are considered.
+	MaxHops = 64
+	// maxHeaderBytes is how much of the headers, counted from the right, is parsed. 64 hops of
+	// Forwarded elements with quoted IPv6 addresses, ports and by=/proto= fit comfortably.
+	maxHeaderBytes = 16 << 10
+)
+
+// ClientIP finds the address of the client behind a chain of trusted proxies. It is immutable
+// and safe for concurrent use.
+type ClientIP struct {
+	trusted *netipx.IPSet
+}
+
+// NewClientIP trusts the forwarding headers of connections from the given prefixes. With none,
+// headers are never trusted and the connection's address is always the client.
+func NewClientIP(trusted []netip.Prefix) *ClientIP {
+	var b netipx.IPSetBuilder
+	for _, p := range trusted {
+		if q, ok := normalizePrefix(p); ok {
+			b.AddPrefix(q)
+		}
+	}
+	set, err := b.IPSet()
+	if err != nil {
+		// IPSetBuilder only reports errors for invalid input, which normalizePrefix removed.
+		set = &netipx.IPSet{}
+	}
+	return &ClientIP{trusted: set}
+}
+
+// FromRequest returns the client address of r. It returns the zero Addr only when r.RemoteAddr is
+// not an address (as for some unix-socket listeners).
+func (c *ClientIP) FromRequest(r *http.Request) netip.Addr {
+	remote := parseRemoteAddr(r.RemoteAddr)
+	if !remote.IsValid() || !c.isTrusted(remote) {
+		return remote
+	}
+	return c.Resolve(remote, r.Header.Values("X-Forwarded-For"), r.Header.Values("Forwarded"))
+}
+
+func parseRemoteAddr(s string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return normalizeAddr(ap.Addr())
+	}
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		return normalizeAddr(a)
+	}
+	return netip.Addr{}
+}
+
+// normalizeAddr gives one spelling per host: a dual-stack listener reports IPv4 clients as
+// ::ffff:a.b.c.d, and zones only make sense on the machine that printed them.
+func normalizeAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+
+func (c *ClientIP) isTrusted(a netip.Addr) bool { return c != nil && c.trusted.Contains(a) }
+
+// Resolve returns the client address for a connection from remote that carried the given
+// X-Forwarded-For and Forwarded header lines.
+//
+// Headers count only when remote is trusted. Forwarded (RFC 7239) is used when it names at least
+// one for= node, X-Forwarded-For otherwise. Hops are walked from the right, skipping trusted ones;
+// the first untrusted hop is the client. A hop that is not an address (garbage, "unknown", an
+// obfuscated identifier, a Forwarded element without for=) ends the walk: the client is then the
+// last address seen right of it, or remote, because anything further left cannot be vouched for.
+// When every hop is trusted the leftmost one is the client.
+func (c *ClientIP) Resolve(remote netip.Addr, xff, forwarded []string) netip.Addr {
+	remote = normalizeAddr(remote)
+	if !remote.IsValid() || !c.isTrusted(remote) {
+		return remote
+	}
+	var h hops
+	parseForwarded(&h, forwarded)
+	if !h.hasFor {
+		h = hops{}
+		parseXFF(&h, xff)
+	}
+	last := remote
+	for i := range h.len() {
+		hop := h.fromRight(i)
+		if !hop.IsValid() {
+			return last
+		}
+		if !c.isTrusted(hop) {
+			return hop
+		}
+		last = hop
+	}
+	return last
+}
+
+// hops keeps the rightmost MaxHops hops seen, in a ring, so that arbitrarily long headers cost
+// no allocation. An invalid Addr marks a hop that is not an address.
+type hops struct {
+	ring   [MaxHops]netip.Addr
+	n      int  // hops pushed, possibly more than MaxHops
+	hasFor bool // a Forwarded element named a for= node
+}
+
+func (h *hops) push(a netip.Addr) {
+	h.ring[h.n%MaxHops] = a
+	h.n++
+}
+
+func (h *hops) len() int { return min(h.n, MaxHops) }
+
+// fromRight returns the i-th hop counting from the right, 0 being the rightmost.
+func (h *hops) fromRight(i int) netip.Addr { return h.ring[(h.n-1-i)%MaxHops] }
+
+// tail returns the header lines to parse: the rightmost maxHeaderBytes of them. When a line has to
+// be cut, it is cut at an element boundary and a malformed hop stands for the part dropped, so the
+// walk stops there instead of treating the first kept element as the leftmost hop of the chain.
+func tail(lines []string) (first int, cut string, truncated bool) {
+	total := 0
+	for i := len(lines) - 1; i >= 0; i-- {
+		total += len(lines[i]) + 1
+		if total > maxHeaderBytes {
+			keep := lines[i][len(lines[i])-(maxHeaderBytes-(total-len(lines[i])-1)):]
+			if j := strings.IndexByte(keep, ','); j >= 0 {
+				return i, keep[j+1:], true
+			}
+			return i, "", true
+		}
+	}
+	return 0, "", false
+}
+
+func parseXFF(h *hops, lines []string) {
+	first, cut, truncated := tail(lines)
+	if truncated {
+		h.push(netip.Addr{})
+		parseXFFLine(h, cut)
+		first++
+	}
+	for _, l := range lines[first:] {
+		parseXFFLine(h, l)
+	}
+}
+
+func parseXFFLine(h *hops, l string) {
+	for len(l) > 0 {
+		elem, rest, _ := strings.Cut(l, ",")
+		l = rest
+		elem = strings.TrimSpace(elem)
+		if elem == "" {
+			// "a,,b" or a trailing comma carries no hop; it is not garbage either.
+			continue
+		}
+		h.push(parseNode(elem))
+	}
+}
+
+// parseNode reads one hop: an address, optionally with a port, IPv6 optionally in brackets.
+// Anything else, including "unknown" and obfuscated identifiers, is the invalid Addr.
+func parseNode(s string) netip.Addr {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return normalizeAddr(a)
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return normalizeAddr(ap.Addr())
+	}
+	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil && a.Is6() {
+			return normalizeAddr(a)
+		}
+	}
+	return netip.Addr{}
+}
+
+// parseForwarded pushes one hop per Forwarded element:
+//
+//	Forwarded = 1#forwarded-element
+//	forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] )
+//	forwarded-pair = token "=" ( token / quoted-string )
+//
+// An element whose syntax is broken, or whose for= is missing, repeated or not an address, is a
+// malformed hop. The header is split by hand because a quoted-string may contain ',' and ';'.
+func parseForwarded(h *hops, lines []string) {
+	first, cut, truncated := tail(lines)
+	if truncated {
+		h.push(netip.Addr{})
+		parseForwardedLine(h, cut)
+		first++
+	}
+	for _, l := range lines[first:] {
+		parseForwardedLine(h, l)
+	}
+}
+
+func parseForwardedLine(h *hops, l string) {
+	p := fwdParser{s: l}
+	for !p.done() {
+		e, ok := p.element()
+		if e.sawFor {
+			h.hasFor = true
+		}
+		switch {
+		case !ok:
+			h.push(netip.Addr{})
+			p.skipElement()
+		case e.empty:
+			// "a, ,b" or a trailing comma carries no hop; it is not garbage either.
+		default:
+			// Without for= the element still stands for a hop, one we know nothing about.
+			h.push(e.addr)
+		}
+	}
+}
+
+type fwdParser struct {
+	s string
+	i int
+}
+
+// fwdElement is what one Forwarded element says about its hop.
+type fwdElement struct {
+	addr   netip.Addr // invalid unless for= names an address
+	sawFor bool
+	empty  bool // no pairs at all
+}
+
+func (p *fwdParser) done() bool {
+	p.skipSpace()
+	return p.i >= len(p.s)
+}
+
+func (p *fwdParser) skipSpace() {
+	for p.i < len(p.s) && (p.s[p.i] == ' ' || p.s[p.i] == '\t') {
+		p.i++
+	}
+}
+
+// skipElement resynchronises after an error at the next ',' outside a quoted-string.
+func (p *fwdParser) skipElement() {
+	inQuote := false
+	for ; p.i < len(p.s); p.i++ {
+		switch c := p.s[p.i]; {
+		case inQuote && c == '\\':
+			p.i++
+		case c == '"':
+			inQuote = !inQuote
+		case !inQuote && c == ',':
+			p.i++
+			return
+		}
+	}
+}
+
+// element parses one element up to and including its ','. ok is false on a syntax error, with
+// the parser left inside the element.
+func (p *fwdParser) element() (e fwdElement, ok bool) {
+	e.empty = true
+	for {
+		p.skipSpace()
+		if p.i >= len(p.s) {
+			return e, true
+		}
+		switch p.s[p.i] {
+		case ',':
+			p.i++
+			return e, true
+		case ';':
+			p.i++
+			continue
+		}
+		e.empty = false
+		name := p.token()
+		if name == "" || p.i >= len(p.s) || p.s[p.i] != '=' {
+			return e, false
+		}
+		p.i++
+		var val string
+		if p.i < len(p.s) && p.s[p.i] == '"' {
+			if val, ok = p.quoted(); !ok {
+				return e, false
+			}
+		} else if val = p.token(); val == "" {
+			return e, false
+		}
+		if strings.EqualFold(name, "for") {
+			if e.sawFor {
+				return e, false // two for= in one element: neither can be believed
+			}
+			e.sawFor = true
+			e.addr = parseForNode(val)
+		}
+		p.skipSpace()
+		if p.i < len(p.s) && p.s[p.i] != ';' && p.s[p.i] != ',' {
+			return e, false
+		}
+	}
+}
+
+// token reads RFC 7230 tchars.
+func (p *fwdParser) token() string {
+	start := p.i
+	for p.i < len(p.s) && isTchar(p.s[p.i]) {
+		p.i++
+	}
+	return p.s[start:p.i]
+}
+
+func isTchar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// quoted reads a quoted-string. The unescaped value is returned only when it needs no copying,
+// which is always the case for a node ("[2001:db8::1]:80"); a value with backslash escapes is
+// reported as an empty string, which no node can be.
+func (p *fwdParser) quoted() (string, bool) {
+	p.i++ // opening quote
+	start := p.i
+	escaped := false
+	for p.i < len(p.s) {
+		switch c := p.s[p.i]; c {
+		case '\\':
+			escaped = true
+			p.i += 2
+			continue
+		case '"':
+			v := p.s[start:p.i]
+			p.i++
+			if escaped {
+				v = ""
+			}
+			return v, true
+		}
+		p.i++
+	}
+	return "", false
+}
+
+// parseForNode reads a Forwarded node: IPv4 or "[IPv6]", with an optional ":port". It also takes
+// an unbracketed IPv6 address, which RFC 7239 forbids but some proxies send; "unknown" and
+// obfuscated identifiers ("_hidden") are not addresses.
+func parseForNode(s string) netip.Addr {
+	if s == "" || s[0] == '_' || strings.EqualFold(s, "unknown") {
+		return netip.Addr{}
+	}
+	return parseNode(s)
+}
