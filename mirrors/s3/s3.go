@@ -1,0 +1,238 @@
+// Package s3 is the mirrors.Backend for Amazon S3 and S3-compatible services: it checks whether a
+// blob is stored (HeadObject) and hands out SigV4 presigned GET and HEAD URLs for it.
+//
+// It only reads: copying blobs into a bucket is the sync command's job, and choosing between
+// mirrors is package mirrors' job. It never logs; errors carry the mirror name and key but no
+// credentials or signatures.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+)
+
+// MaxTTL is the longest lifetime SigV4 allows for a presigned URL.
+const MaxTTL = 7 * 24 * time.Hour
+
+// DefaultTimeout bounds a Stat whose context has no deadline.
+const DefaultTimeout = 5 * time.Second
+
+// Options tune a Backend. The zero value is ready for production use.
+type Options struct {
+	// HTTPClient carries every request to the service. Nil: the SDK's buildable client (keep-alive
+	// pool, TLS 1.2+, dial and TLS handshake timeouts, AWS_CA_BUNDLE honoured), one per Backend
+	// and shared by all its calls. A client given here must trust the service's certificate by
+	// itself: with AWS_CA_BUNDLE set, the SDK cannot add to it and New fails.
+	HTTPClient *http.Client
+	// Timeout bounds a Stat whose context has no deadline of its own. Zero: DefaultTimeout.
+	Timeout time.Duration
+	// MaxAttempts is how many times a failed Stat is tried. Zero: 1, because the caller treats a
+	// failure as "try the next mirror" within a short budget, and retrying with back-off would
+	// spend that budget on a mirror that is already misbehaving.
+	MaxAttempts int
+}
+
+// Backend is one S3 bucket. It is safe for concurrent use.
+type Backend struct {
+	name    string
+	bucket  string
+	client  *s3.Client
+	presign *s3.PresignClient
+	timeout time.Duration
+}
+
+var _ mirrors.Backend = (*Backend)(nil)
+
+// New builds the backend for mirror c (provider s3). Credentials come from the SDK's default chain
+// (environment, shared files, SSO, container and instance roles), from the shared-config profile
+// c.Profile, or, when c.CredentialsFile is set, only from the static keys stored in that shared
+// credentials file (section c.Profile, else "default"), so that a key file named in the config wins
+// over whatever the environment holds; such keys are read once, so a rotated file takes effect
+// on the next configuration reload. With c.Endpoint set, requests go to that S3-compatible
+// service with path-style addressing.
+//
+// New reads local files only; credentials are fetched lazily, on the first call that needs them.
+func New(ctx context.Context, c config.Mirror, opts Options) (*Backend, error) {
+	if c.Bucket == "" {
+		return nil, fmt.Errorf("mirror %q: s3: bucket is required", c.Name)
+	}
+	attempts := opts.MaxAttempts
+	if attempts <= 0 {
+		attempts = 1
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	var hc awsconfig.HTTPClient = awshttp.NewBuildableClient()
+	if opts.HTTPClient != nil {
+		hc = opts.HTTPClient
+	}
+
+	load := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithHTTPClient(hc),
+		awsconfig.WithRetryMaxAttempts(attempts),
+		// Presigned GET URLs must not demand checksum headers that browsers and container
+		// clients never send.
+		awsconfig.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+		awsconfig.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
+	}
+	if c.Region != "" {
+		load = append(load, awsconfig.WithRegion(c.Region))
+	}
+	switch {
+	case c.CredentialsFile != "":
+		// The profile then names a section of that file, not of the shared config.
+		creds, err := fileCredentials(ctx, c.CredentialsFile, c.Profile)
+		if err != nil {
+			return nil, fmt.Errorf("mirror %q: s3: %w", c.Name, err)
+		}
+		load = append(load, awsconfig.WithCredentialsProvider(creds))
+	case c.Profile != "":
+		load = append(load, awsconfig.WithSharedConfigProfile(c.Profile))
+	}
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, load...)
+	if err != nil {
+		return nil, fmt.Errorf("mirror %q: s3: load AWS configuration: %w", c.Name, err)
+	}
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("mirror %q: s3: region is required (in the mirror or the AWS configuration)", c.Name)
+	}
+	if c.Endpoint != "" {
+		if u, err := url.Parse(c.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("mirror %q: s3: endpoint %q is not an http(s) URL", c.Name, c.Endpoint)
+		}
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		if c.Endpoint != "" {
+			o.BaseEndpoint = aws.String(c.Endpoint)
+			// S3-compatible services rarely have wildcard DNS and certificates for
+			// <bucket>.<host>; the path style works everywhere.
+			o.UsePathStyle = true
+		}
+	})
+	return &Backend{
+		name:    c.Name,
+		bucket:  c.Bucket,
+		client:  client,
+		presign: s3.NewPresignClient(client),
+		timeout: timeout,
+	}, nil
+}
+
+// fileCredentials reads static keys for profile from a shared credentials file, ignoring the
+// environment and ~/.aws/config.
+func fileCredentials(ctx context.Context, file, profile string) (aws.CredentialsProvider, error) {
+	if profile == "" {
+		profile = "default"
+	}
+	sc, err := awsconfig.LoadSharedConfigProfile(ctx, profile, func(o *awsconfig.LoadSharedConfigOptions) {
+		o.CredentialsFiles = []string{file}
+		o.ConfigFiles = []string{}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("credentials file %s, profile %q: %w", file, profile, err)
+	}
+	if !sc.Credentials.HasKeys() {
+		return nil, fmt.Errorf("credentials file %s, profile %q: no aws_access_key_id and aws_secret_access_key", file, profile)
+	}
+	return credentials.NewStaticCredentialsProvider(
+		sc.Credentials.AccessKeyID, sc.Credentials.SecretAccessKey, sc.Credentials.SessionToken), nil
+}
+
+// Stat reports whether key is in the bucket. A 403 counts as absent: S3 answers 403 rather than
+// 404 for a missing key when the caller may read objects but not list the bucket.
+func (b *Backend) Stat(ctx context.Context, key string) (mirrors.Object, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.timeout)
+		defer cancel()
+	}
+	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &b.bucket, Key: &key})
+	if err != nil {
+		var re *awshttp.ResponseError
+		if errors.As(err, &re) {
+			switch re.HTTPStatusCode() {
+			case http.StatusNotFound, http.StatusForbidden:
+				return mirrors.Object{Exists: false, Size: -1}, nil
+			}
+		}
+		return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w", key, b.name, err)
+	}
+	size := int64(-1)
+	if out.ContentLength != nil {
+		size = *out.ContentLength
+	}
+	return mirrors.Object{Exists: true, Size: size}, nil
+}
+
+// URL presigns a GET or HEAD of key, valid for ttl. SigV4 binds the method, so a GET URL cannot
+// be used for HEAD and the other way round. The expiry returned is the one written into the URL
+// (X-Amz-Date + X-Amz-Expires), not a local estimate.
+func (b *Backend) URL(ctx context.Context, method, key string, ttl time.Duration) (*url.URL, time.Time, error) {
+	if ttl < time.Second || ttl > MaxTTL {
+		return nil, time.Time{}, fmt.Errorf("sign %s on mirror %q: ttl %s outside [1s, %s]", key, b.name, ttl, MaxTTL)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Presigning retrieves credentials, which may mean a call to STS or the instance
+		// metadata service the first time and whenever they expire.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.timeout)
+		defer cancel()
+	}
+	exp := s3.WithPresignExpires(ttl)
+	var (
+		req *v4.PresignedHTTPRequest
+		err error
+	)
+	switch method {
+	case http.MethodGet:
+		req, err = b.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: &b.bucket, Key: &key}, exp)
+	case http.MethodHead:
+		req, err = b.presign.PresignHeadObject(ctx, &s3.HeadObjectInput{Bucket: &b.bucket, Key: &key}, exp)
+	default:
+		return nil, time.Time{}, fmt.Errorf("sign %s on mirror %q: method %q is not GET or HEAD", key, b.name, method)
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("sign %s %s on mirror %q: %w", method, key, b.name, err)
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil {
+		// The URL is not quoted: it holds the signature.
+		return nil, time.Time{}, fmt.Errorf("sign %s %s on mirror %q: the SDK returned an unparsable URL", method, key, b.name)
+	}
+	expires, err := Expiry(u)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("sign %s %s on mirror %q: %w", method, key, b.name, err)
+	}
+	return u, expires, nil
+}
+
+// Expiry reads when a SigV4 presigned URL stops working from its X-Amz-Date and X-Amz-Expires.
+func Expiry(u *url.URL) (time.Time, error) {
+	q := u.Query()
+	signed, err := time.Parse("20060102T150405Z", q.Get("X-Amz-Date"))
+	if err != nil {
+		return time.Time{}, errors.New("presigned URL has no valid X-Amz-Date")
+	}
+	secs, err := strconv.Atoi(q.Get("X-Amz-Expires"))
+	if err != nil || secs <= 0 {
+		return time.Time{}, errors.New("presigned URL has no valid X-Amz-Expires")
+	}
+	return signed.Add(time.Duration(secs) * time.Second), nil
+}
