@@ -1,0 +1,405 @@
+package mirrors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/oci"
+)
+
+// Options tune a Selector. The zero value of every field means its documented default.
+type Options struct {
+	// Timeout bounds one presence check or one URL request to a backend: 2s when zero. A whole
+	// choice never takes more than twice as long before it answers with the upstream.
+	Timeout time.Duration
+	// HitTTL is how long a blob found on a mirror is remembered: 24h when zero. Blobs are
+	// immutable, so only a deletion from the bucket makes this stale.
+	HitTTL time.Duration
+	// MissTTL is how long an absent blob is remembered: 30s when zero, short so that a blob
+	// copied by sync is used soon after.
+	MissTTL time.Duration
+	// CacheSize bounds the presence cache in entries (one per mirror and blob): 100000 when zero.
+	CacheSize int
+	// URLCacheSize bounds the cache of signed URLs: 10000 when zero.
+	URLCacheSize int
+	// HealthAfter is the number of consecutive failed checks after which a mirror is set aside:
+	// 3 when zero.
+	HealthAfter int
+	// Backoff is how long a failing mirror is set aside before it is tried again: 10s when zero.
+	// It doubles while the retries fail, up to MaxBackoff.
+	Backoff time.Duration
+	// MaxBackoff caps Backoff's doubling: 5m when zero.
+	MaxBackoff time.Duration
+	// ProbeInterval is how often Run checks each mirror, so that a dead mirror is noticed even
+	// while every request is answered from the caches: 3s when zero.
+	ProbeInterval time.Duration
+	// TieKm is the distance within which mirrors count as equally near and share clients by
+	// weight: 50 when zero.
+	TieKm float64
+	// Clock returns the current time for cache expiry and health: time.Now when nil. Timeouts of
+	// network calls always use real time.
+	Clock func() time.Time
+	// Logger receives health changes: nothing is logged when nil.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.Timeout, 2*time.Second)
+	def(&o.HitTTL, 24*time.Hour)
+	def(&o.MissTTL, 30*time.Second)
+	def(&o.Backoff, 10*time.Second)
+	def(&o.MaxBackoff, 5*time.Minute)
+	def(&o.ProbeInterval, 3*time.Second)
+	if o.CacheSize <= 0 {
+		o.CacheSize = 100000
+	}
+	if o.URLCacheSize <= 0 {
+		o.URLCacheSize = 10000
+	}
+	if o.HealthAfter <= 0 {
+		o.HealthAfter = 3
+	}
+	if o.TieKm <= 0 {
+		o.TieKm = 50
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Query is one blob request to place.
+type Query struct {
+	Loc    geo.Location
+	Digest oci.Digest
+	Method string // GET or HEAD; anything else is treated as GET
+}
+
+// Decision is where a blob request goes.
+type Decision struct {
+	Mirror  string   // "" means the upstream
+	URL     *url.URL // nil for the upstream; shared between requests, so never modify it
+	Reason  string   // the X-Mirror-Reason value, one of the Reason constants
+	Size    int64    // from the presence check; -1 when unknown
+	Expires time.Time
+}
+
+// The reasons a Decision gives. A mirror was chosen for the first rank it won on; the fallbacks
+// say why the upstream (or, for ReasonNoGeo, a mirror picked by weight alone) serves the blob.
+const (
+	ReasonNetwork   = "network"   // the client is in the mirror's networks or cloud region
+	ReasonCountry   = "country"   // the mirror is in the client's country
+	ReasonContinent = "continent" // the mirror is on the client's continent
+	ReasonDistance  = "distance"  // the nearest by great-circle distance
+	ReasonWeight    = "weight"    // nothing known to prefer one mirror: by weight
+
+	ReasonNoGeo      = "fallback:no-geo"      // the client could not be located; unscoped mirrors by weight
+	ReasonNotPresent = "fallback:not-present" // no candidate holds the blob
+	ReasonNoMirror   = "fallback:no-mirror"   // no enabled mirror may serve this client
+	ReasonUnhealthy  = "fallback:unhealthy"   // every mirror that may serve the client is set aside
+	ReasonError      = "fallback:error"       // a check failed or timed out and no other candidate holds the blob
+)
+
+// Selector chooses mirrors. It is safe for concurrent use; the mirror table is fixed at
+// construction (a reload builds a new Selector).
+type Selector struct {
+	mirrors []*Mirror
+	state   []mirrorState
+	opts    Options
+	log     *slog.Logger
+	now     func() time.Time
+
+	seed     maphash.Seed
+	presence *cache[presenceKey, Object]
+	urls     *cache[urlKey, signedURL]
+	flights  singleflight.Group
+}
+
+type presenceKey struct {
+	mirror int
+	digest oci.Digest
+}
+
+type urlKey struct {
+	mirror int
+	head   bool
+	digest oci.Digest
+}
+
+type signedURL struct {
+	u       *url.URL
+	expires time.Time
+}
+
+// mirrorState is a mirror's health, read on every request, hence atomics rather than a lock.
+type mirrorState struct {
+	fails     atomic.Int32
+	downUntil atomic.Int64 // unix nanoseconds; 0 while healthy
+	backoff   atomic.Int64 // the current back-off, doubled by each failed retry
+	probing   atomic.Bool
+	lastErr   atomic.Pointer[string]
+	// probe is a blob recently asked of this mirror, the object a health probe checks: unlike a
+	// made-up key, it is one the mirror's permissions certainly allow asking about.
+	probe atomic.Pointer[oci.Digest]
+}
+
+// NewSelector returns a Selector over ms, ranked in the order given when everything else is equal
+// (which it rarely is: see Choose). Names must be unique; package config ensures they are.
+func NewSelector(ms []*Mirror, opts Options) *Selector {
+	opts = opts.withDefaults()
+	s := &Selector{
+		mirrors: ms,
+		state:   make([]mirrorState, len(ms)),
+		opts:    opts,
+		log:     opts.Logger,
+		now:     opts.Clock,
+		seed:    maphash.MakeSeed(),
+	}
+	s.presence = newCache[presenceKey, Object](opts.CacheSize, func(k presenceKey) uint64 {
+		return maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.mirror)*0x9e3779b97f4a7c15
+	})
+	s.urls = newCache[urlKey, signedURL](opts.URLCacheSize, func(k urlKey) uint64 {
+		h := maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.mirror)*0x9e3779b97f4a7c15
+		if k.head {
+			h = ^h
+		}
+		return h
+	})
+	return s
+}
+
+// Mirrors returns the mirror table. The slice is shared; do not modify it.
+func (s *Selector) Mirrors() []*Mirror { return s.mirrors }
+
+// Choose returns where q should go: the best-ranked candidate that holds the blob and gives a URL,
+// else the upstream. See DESIGN.md "Choosing a mirror". It never waits more than 2 × Timeout in
+// total, and a blob whose presence and URL are cached costs no network round trip.
+func (s *Selector) Choose(ctx context.Context, q Query) Decision {
+	var buf [16]cand
+	cands, why := s.rank(&q, buf[:0], nil)
+	if len(cands) == 0 {
+		return upstream(why)
+	}
+	return s.walk(ctx, &q, cands, nil)
+}
+
+func upstream(reason string) Decision { return Decision{Reason: reason, Size: -1} }
+
+// errBudget stops a walk that has used up its time.
+var errBudget = errors.New("no time left for this request")
+
+// walk tries cands best first. With a trace (Explain) it goes on checking presence after the
+// choice is made, so that every mirror's state is shown.
+func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation) Decision {
+	var (
+		deadline time.Time // set at the first network call, so a warm choice never reads the clock
+		d        Decision
+		chosen   bool
+		failed   bool
+	)
+	head := q.Method == "HEAD"
+	for _, c := range cands {
+		if chosen && tr == nil {
+			break
+		}
+		var me *MirrorExplanation
+		if tr != nil {
+			me = &tr.Mirrors[c.idx]
+		}
+		obj, cached, err := s.present(ctx, c.idx, q.Digest, &deadline)
+		switch {
+		case err != nil:
+			failed = true
+			if me != nil {
+				me.Presence, me.Excluded = "error", "presence check failed: "+shortErr(err)
+			}
+			continue
+		case !obj.Exists:
+			if me != nil {
+				me.Presence, me.Cached, me.Excluded = "absent", cached, "not present"
+			}
+			continue
+		}
+		if me != nil {
+			me.Presence, me.Cached = "present", cached
+		}
+		if chosen {
+			continue
+		}
+		su, err := s.url(ctx, c.idx, head, q.Digest, &deadline)
+		if err != nil {
+			failed = true
+			if me != nil {
+				me.Excluded = "url failed: " + shortErr(err)
+			}
+			continue
+		}
+		chosen = true
+		if me != nil {
+			me.Chosen = true
+		}
+		reason := c.tier.reason()
+		if !q.Loc.Known() {
+			reason = ReasonNoGeo
+		}
+		d = Decision{Mirror: s.mirrors[c.idx].name, URL: su.u, Reason: reason, Size: obj.Size, Expires: su.expires}
+	}
+	if chosen {
+		return d
+	}
+	// An error wins over "not present": the blob may well be on the mirror that failed, and that
+	// is what an operator needs to see.
+	if failed {
+		return upstream(ReasonError)
+	}
+	return upstream(ReasonNotPresent)
+}
+
+// present reports whether mirror i holds d, from the cache or from one merged backend check.
+func (s *Selector) present(ctx context.Context, i int, d oci.Digest, deadline *time.Time) (Object, bool, error) {
+	k := presenceKey{i, d}
+	if o, ok := s.presence.get(k, s.now().UnixNano()); ok {
+		return o, true, nil
+	}
+	v, err := s.flight(ctx, "p"+strconv.Itoa(i)+d.String(), deadline, func(fctx context.Context) (any, error) {
+		return s.stat(fctx, i, d)
+	})
+	if err != nil {
+		return Object{}, false, err
+	}
+	return v.(Object), false, nil
+}
+
+// url returns a URL for d on mirror i, reusing a signed one while more than half its life is left
+// so that the redirects of a busy blob cost no signing, and clients always get enough time.
+func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, deadline *time.Time) (signedURL, error) {
+	k := urlKey{i, head, d}
+	if v, ok := s.urls.get(k, s.now().UnixNano()); ok {
+		return v, nil
+	}
+	name := "u" + strconv.Itoa(i) + d.String()
+	if head {
+		name = "h" + name[1:]
+	}
+	v, err := s.flight(ctx, name, deadline, func(fctx context.Context) (any, error) {
+		m := s.mirrors[i]
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		u, exp, err := m.backend.URL(fctx, method, Key(m.prefix, d), m.signingTTL)
+		if err != nil {
+			err = s.describe(fctx, i, "url", err)
+			s.failed(i, err)
+			return nil, err
+		}
+		su := signedURL{u: u, expires: exp}
+		now := s.now()
+		reuse := now.Add(s.opts.HitTTL)
+		if !exp.IsZero() {
+			reuse = now.Add(exp.Sub(now) / 2)
+		}
+		if reuse.After(now) {
+			s.urls.put(k, su, reuse.UnixNano(), now.UnixNano())
+		}
+		return su, nil
+	})
+	if err != nil {
+		return signedURL{}, err
+	}
+	return v.(signedURL), nil
+}
+
+// flight runs fn once for all concurrent callers with the same name. fn gets a context detached
+// from the caller's cancellation, so one client hanging up does not fail the check for the others
+// waiting on it, with its own Timeout. The caller waits only until its own context ends or the
+// request's budget is spent.
+func (s *Selector) flight(ctx context.Context, name string, deadline *time.Time, fn func(context.Context) (any, error)) (any, error) {
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(2 * s.opts.Timeout)
+	}
+	left := time.Until(*deadline)
+	if left <= 0 {
+		return nil, errBudget
+	}
+	ch := s.flights.DoChan(name, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer cancel()
+		return fn(fctx)
+	})
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errBudget
+	}
+}
+
+// stat asks mirror i's backend about d, caches a definite answer and updates the mirror's health.
+func (s *Selector) stat(ctx context.Context, i int, d oci.Digest) (Object, error) {
+	m := s.mirrors[i]
+	s.state[i].probe.Store(&d)
+	o, err := m.backend.Stat(ctx, Key(m.prefix, d))
+	if err != nil {
+		err = s.describe(ctx, i, "stat", err)
+		s.failed(i, err)
+		return Object{}, err
+	}
+	s.succeeded(i)
+	ttl := s.opts.MissTTL
+	if o.Exists {
+		ttl = s.opts.HitTTL
+	} else {
+		o.Size = -1
+	}
+	now := s.now()
+	s.presence.put(presenceKey{i, d}, o, now.Add(ttl).UnixNano(), now.UnixNano())
+	return o, nil
+}
+
+// describe names the mirror and turns our own timeout into a readable error.
+func (s *Selector) describe(ctx context.Context, i int, op string, err error) error {
+	if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s on mirror %q: timed out after %v: %w", op, s.mirrors[i].name, s.opts.Timeout, err)
+	}
+	return fmt.Errorf("%s on mirror %q: %w", op, s.mirrors[i].name, err)
+}
+
+// shortErr keeps explanations readable and bounded: the innermost cause is what matters.
+func shortErr(err error) string {
+	switch {
+	case errors.Is(err, errBudget):
+		return "no time left"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	msg := err.Error()
+	if len(msg) > 160 {
+		msg = msg[:157] + "..."
+	}
+	return msg
+}
