@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
+)
+
+// TestClientsDirect pulls straight from the registry, without the proxy: when it fails, the
+// environment or a client is broken, not the proxy, and the proxy tests' failures mean nothing.
+func TestClientsDirect(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	images := map[string]testenv.Image{
+		"oci":    reg.PushOCIImage(t, "acme/images/app:1.0"),
+		"index":  reg.PushOCIIndex(t, "acme/images/multi:1.0"),
+		"docker": reg.PushDockerImage(t, "acme/images/legacy:1.0"),
+	}
+	for kind, im := range images {
+		t.Run(kind, func(t *testing.T) {
+			checkAllClients(t, im.Ref, im)
+		})
+	}
+}
+
+// checkAllClients pulls ref with every client and checks each got want's digest (and, where the
+// client keeps files, every blob of want).
+func checkAllClients(t *testing.T, ref string, want testenv.Image) {
+	t.Helper()
+	t.Run("crane", func(t *testing.T) {
+		c := testenv.NewCrane(t)
+		if got := c.Digest(t, ref); got != want.Digest {
+			t.Errorf("crane digest %s = %s, want %s", ref, got, want.Digest)
+		}
+		p := c.Pull(t, ref)
+		if p.Digest != want.Digest {
+			t.Errorf("crane pull %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		}
+		checkBlobs(t, p, want)
+	})
+	t.Run("skopeo", func(t *testing.T) {
+		s := testenv.NewSkopeo(t)
+		if got := testenv.SHA256Digest(s.RawManifest(t, ref)); got != want.Digest {
+			t.Errorf("skopeo inspect --raw %s hashes to %s, want %s", ref, got, want.Digest)
+		}
+		p := s.Copy(t, ref)
+		if len(want.Manifests) == 0 && p.Digest != want.Digest {
+			t.Errorf("skopeo copy %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		}
+		for _, c := range want.Manifests {
+			if !slices.Contains(p.Manifests, c.Digest) {
+				t.Errorf("skopeo copy %s: image %s (%s) missing, got %v", ref, c.Digest, c.Platform, p.Manifests)
+			}
+		}
+		checkBlobs(t, p, want)
+	})
+	t.Run("library", func(t *testing.T) {
+		if p := testenv.LibPull(t, ref, nil); p.Digest != want.Digest {
+			t.Errorf("go-containerregistry %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		}
+	})
+	t.Run("podman", func(t *testing.T) {
+		if p := testenv.NewPodman(t).Pull(t, ref); p.Digest != want.Digest {
+			t.Errorf("podman pull %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		}
+	})
+	t.Run("docker", func(t *testing.T) {
+		d := testenv.StartDockerd(t)
+		d.Rmi(t, ref)
+		t.Cleanup(func() { d.Rmi(t, ref) })
+		if p := d.Pull(t, ref); p.Digest != want.Digest {
+			t.Errorf("docker pull %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		}
+	})
+}
+
+// checkBlobs checks that a client that keeps files got every blob of want (verified by content).
+func checkBlobs(t *testing.T, p testenv.Pulled, want testenv.Image) {
+	t.Helper()
+	for _, b := range want.Blobs() {
+		if !slices.Contains(p.Blobs, b) {
+			t.Errorf("blob %s missing from %s (has %v)", b, p.Dir, p.Blobs)
+		}
+	}
+}
