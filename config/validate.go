@@ -387,4 +387,3 @@ func (c *Config) validateSync(v *validator) {
 		}
 	}
 }
-
