@@ -279,4 +279,3 @@ func writeMMDB(t *testing.T, path, dbType, network string, rec mmdbtype.Map) {
 		t.Fatal(err)
 	}
 }
-

@@ -1,0 +1,89 @@
+package geo_test
+
+import (
+	"math"
+	"testing"
+
+	"github.com/happy-turtle/oci-proxy/geo"
+)
+
+func TestContinentOf(t *testing.T) {
+	tests := map[string]string{
+		"DE": "EU", "GB": "EU", "RU": "EU", "CY": "EU", "XK": "EU",
+		"US": "NA", "MX": "NA", "PA": "NA", "GL": "NA",
+		"BR": "SA", "AR": "SA",
+		"JP": "AS", "SG": "AS", "TR": "AS", "AM": "AS", "IL": "AS",
+		"AU": "OC", "NZ": "OC", "AS": "OC",
+		"ZA": "AF", "EG": "AF", "AF": "AS",
+		"AQ": "AN", "TF": "AN",
+		"": "", "de": "", "ZZ": "", "EU": "", "UK": "", "DEU": "",
+	}
+	for country, want := range tests {
+		if got := geo.ContinentOf(country); got != want {
+			t.Errorf("ContinentOf(%q) = %q, want %q", country, got, want)
+		}
+		if got := geo.ValidCountry(country); got != (want != "") {
+			t.Errorf("ValidCountry(%q) = %v", country, got)
+		}
+	}
+}
+
+// Every assigned ISO 3166-1 alpha-2 code, plus XK, has a continent: 249 + 1.
+func TestContinentOfCoversISO3166(t *testing.T) {
+	n := 0
+	for a := 'A'; a <= 'Z'; a++ {
+		for b := 'A'; b <= 'Z'; b++ {
+			c := string([]rune{a, b})
+			if cont := geo.ContinentOf(c); cont != "" {
+				n++
+				if !geo.ValidContinent(cont) {
+					t.Errorf("ContinentOf(%q) = %q, not a continent", c, cont)
+				}
+			}
+		}
+	}
+	if n != 250 {
+		t.Errorf("%d countries have a continent, want 250", n)
+	}
+}
+
+func TestValidContinent(t *testing.T) {
+	for _, c := range []string{"AF", "AN", "AS", "EU", "NA", "OC", "SA"} {
+		if !geo.ValidContinent(c) {
+			t.Errorf("ValidContinent(%q) = false", c)
+		}
+	}
+	for _, c := range []string{"", "eu", "AP", "EUR", "XX"} {
+		if geo.ValidContinent(c) {
+			t.Errorf("ValidContinent(%q) = true", c)
+		}
+	}
+}
+
+func TestDistanceKm(t *testing.T) {
+	const r = 6371.0088
+	tests := []struct {
+		name                   string
+		lat1, lon1, lat2, lon2 float64
+		want                   float64
+	}{
+		{"same point", 51.51, -0.13, 51.51, -0.13, 0},
+		{"quarter of the equator", 0, 0, 0, 90, math.Pi / 2 * r},
+		{"antipodes", 0, 0, 0, 180, math.Pi * r},
+		{"pole to pole", 90, 0, -90, 0, math.Pi * r},
+		{"across the antimeridian", 0, 179, 0, -179, 2 * math.Pi / 180 * r},
+		{"London to Frankfurt", 51.51, -0.13, 50.11, 8.68, 637.86},
+		{"Washington to Singapore", 38.90, -77.40, 1.35, 103.82, 15_537.77},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := geo.DistanceKm(tc.lat1, tc.lon1, tc.lat2, tc.lon2)
+			if math.Abs(got-tc.want) > 0.001*tc.want+1e-9 {
+				t.Errorf("DistanceKm = %.3f, want %.3f", got, tc.want)
+			}
+			if back := geo.DistanceKm(tc.lat2, tc.lon2, tc.lat1, tc.lon1); math.Abs(back-got) > 1e-9 {
+				t.Errorf("not symmetric: %.6f and %.6f", got, back)
+			}
+		})
+	}
+}
