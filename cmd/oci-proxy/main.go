@@ -3,16 +3,19 @@
 //
 //	oci-proxy serve    --config config.yaml [--listen :8080] [--log-format text|json]
 //	oci-proxy validate --config config.yaml
+//	oci-proxy resolve  --config config.yaml --ip 81.2.69.142 [--digest sha256:...] [--json]
 //	oci-proxy version
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -20,6 +23,8 @@ import (
 
 	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/app"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
@@ -34,6 +39,7 @@ const usage = `oci-proxy gives container images a domain of their own.
 Usage:
   oci-proxy serve    --config FILE [--listen ADDR] [--log-format text|json] [--log-level LEVEL]
   oci-proxy validate --config FILE
+  oci-proxy resolve  --config FILE --ip ADDR [--digest DIGEST] [--method GET|HEAD] [--json]
   oci-proxy version
 
 Environment:
@@ -60,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stderr)
 	case "validate":
 		err = validate(args[1:], stdout, stderr)
+	case "resolve":
+		err = resolve(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", version, commit, date, runtime.Version())
 	case "help", "-h", "--help", "-help":
@@ -150,6 +158,53 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s: ok (upstream %s, %d mirrors)\n", *cfgPath, cfg.UpstreamURL, len(cfg.Mirrors))
 	return nil
+}
+
+func resolve(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("resolve", stderr)
+	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
+	ipFlag := fs.String("ip", "", "client address to explain (required)")
+	digestFlag := fs.String("digest", "", "blob digest; checks which mirrors hold it (optional)")
+	method := fs.String("method", "GET", "GET or HEAD")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	addr, err := netip.ParseAddr(*ipFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "oci-proxy resolve: --ip must be an IP address, not %q\n", *ipFlag)
+		return errUsage
+	}
+	var d oci.Digest
+	if *digestFlag != "" {
+		if d, err = oci.ParseDigest(*digestFlag); err != nil {
+			fmt.Fprintf(stderr, "oci-proxy resolve: --digest: %v\n", err)
+			return errUsage
+		}
+	}
+	if *method != "GET" && *method != "HEAD" {
+		fmt.Fprintf(stderr, "oci-proxy resolve: --method must be GET or HEAD\n")
+		return errUsage
+	}
+	cfg, err := config.Load(*cfgPath, config.Overrides{Upstream: os.Getenv("UpstreamRegistry")})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	parts, err := app.BuildParts(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer parts.Close()
+	e := parts.Selector.Explain(ctx, mirrors.Query{Loc: parts.Locator.Locate(addr.Unmap().WithZone("")), Digest: d, Method: *method})
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(e)
+	}
+	return e.WriteText(stdout)
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

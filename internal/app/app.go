@@ -27,8 +27,9 @@ type BuildInfo struct {
 type Service struct {
 	cfg     *config.Config
 	log     *slog.Logger
+	parts   *Parts
 	handler http.Handler
-	closers []func() error
+	admin   http.Handler // on its own listener when cfg.Admin.Listen is set
 }
 
 // New builds the service from cfg. Everything that can fail (files, databases, backends) fails
@@ -38,16 +39,48 @@ func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log}
-	s.handler = redirector.New(redirector.Options{
-		Upstream: ups,
-		Logger:   log,
+	parts, err := BuildParts(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: log, parts: parts}
+	mount := map[string]http.Handler{}
+	if cfg.Admin.Enabled {
+		admin := http.NewServeMux()
+		admin.Handle("/_/resolve", resolveHandler(parts, log))
+		if cfg.Admin.Listen == "" {
+			mount["/_/resolve"] = admin
+		} else {
+			s.admin = admin
+		}
+	}
+	opts := redirector.Options{
+		Upstream:   ups,
+		ClientAddr: parts.ClientIP.FromRequest,
+		Mount:      mount,
+		Logger:     log,
 		Index: redirector.IndexInfo{
 			Upstream: ups.Routes()[len(ups.Routes())-1].String(),
 			Version:  info.Version,
 		},
-	})
+	}
+	if len(cfg.Mirrors) > 0 {
+		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector}
+		for _, m := range cfg.Mirrors {
+			if m.IsEnabled() {
+				opts.Index.Mirrors = append(opts.Index.Mirrors, mirrorLabel(m))
+			}
+		}
+	}
+	s.handler = redirector.New(opts)
 	return s, nil
+}
+
+func mirrorLabel(m config.Mirror) string {
+	if m.Country != "" {
+		return m.Name + " (" + m.Country + ")"
+	}
+	return m.Name
 }
 
 // UpstreamTable builds the upstream routes of cfg.
@@ -67,13 +100,7 @@ func UpstreamTable(cfg *config.Config) (*upstream.Table, error) {
 func (s *Service) Handler() http.Handler { return s.handler }
 
 // Close releases databases and clients.
-func (s *Service) Close() error {
-	var errs []error
-	for _, c := range s.closers {
-		errs = append(errs, c())
-	}
-	return errors.Join(errs...)
-}
+func (s *Service) Close() error { return s.parts.Close() }
 
 // Timeouts of the HTTP server. Every answer is a small redirect or error, so requests and responses
 // are tiny; the limits only have to outlast slow networks, not big bodies.
@@ -107,8 +134,22 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 	}
-	s.log.Info("serving", "listen", ln.Addr().String(), "upstream", s.cfg.UpstreamURL.String(), "mirrors", len(s.cfg.Mirrors))
-	return serve(ctx, s.log, []*http.Server{srv}, []net.Listener{ln})
+	srvs, lns := []*http.Server{srv}, []net.Listener{ln}
+	if s.admin != nil {
+		aln, err := net.Listen("tcp", s.cfg.Admin.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (admin): %w", s.cfg.Admin.Listen, err)
+		}
+		srvs = append(srvs, NewServer(s.cfg.Admin.Listen, s.admin, s.log))
+		lns = append(lns, aln)
+		s.log.Info("admin endpoints", "listen", aln.Addr().String())
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.parts.Selector.Run(ctx)
+	s.log.Info("serving", "listen", ln.Addr().String(), "upstream", s.cfg.Upstream, "mirrors", len(s.cfg.Mirrors))
+	return serve(ctx, s.log, srvs, lns)
 }
 
 func serve(ctx context.Context, log *slog.Logger, srvs []*http.Server, lns []net.Listener) error {

@@ -1,0 +1,61 @@
+package app
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/netip"
+
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
+)
+
+// resolveHandler explains, for ?ip=ADDR (default: the caller's own address as the proxy sees it)
+// and an optional ?digest=, which mirror a blob request would get and why. JSON by default,
+// ?format=text for people.
+func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", "GET")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		q := r.URL.Query()
+		addr := p.ClientIP.FromRequest(r)
+		if s := q.Get("ip"); s != "" {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				http.Error(w, "ip: not an IP address", http.StatusBadRequest)
+				return
+			}
+			addr = a.Unmap().WithZone("")
+		}
+		var d oci.Digest
+		if s := q.Get("digest"); s != "" {
+			var err error
+			if d, err = oci.ParseDigest(s); err != nil {
+				http.Error(w, "digest: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		method := http.MethodGet
+		if q.Get("method") == http.MethodHead {
+			method = http.MethodHead
+		}
+		e := p.Selector.Explain(r.Context(), mirrors.Query{Loc: p.Locator.Locate(addr), Digest: d, Method: method})
+		w.Header().Set("Cache-Control", "no-store")
+		if q.Get("format") == "text" {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if err := e.WriteText(w); err != nil {
+				log.Warn("write resolve answer", "error", err.Error())
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(e); err != nil {
+			log.Warn("write resolve answer", "error", err.Error())
+		}
+	})
+}
