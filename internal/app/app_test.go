@@ -1,0 +1,200 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/happy-turtle/oci-proxy/config"
+)
+
+const (
+	blobA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	blobB = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+)
+
+// blobServer is a static mirror holding some blobs, counting the HEADs it answers.
+type blobServer struct {
+	*httptest.Server
+	mu    sync.Mutex
+	heads int
+}
+
+func newBlobServer(t testing.TB, prefix string, digests ...string) *blobServer {
+	t.Helper()
+	have := map[string]bool{}
+	for _, d := range digests {
+		have["/"+prefix+strings.Replace(d, ":", "/", 1)] = true
+	}
+	b := &blobServer{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			b.mu.Lock()
+			b.heads++
+			b.mu.Unlock()
+		}
+		if !have[r.URL.Path] {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", "3")
+		_, _ = w.Write([]byte("abc"))
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *blobServer) headCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.heads
+}
+
+func testConfig(t testing.TB, eu, us *blobServer) *config.Config {
+	t.Helper()
+	yaml := fmt.Sprintf(`
+upstream: http://127.0.0.2:5000/v2/acme/images/
+trusted_proxies: ["192.0.2.0/24"]
+geoip:
+  database: ../../testdata/geoip/city.mmdb
+  asn_database: ../../testdata/geoip/asn.mmdb
+admin: {enabled: true}
+mirrors:
+  - name: eu-west
+    provider: http
+    base_url: %s/eu/
+    prefix: blobs/
+    country: DE
+    location: {lat: 50.1, lon: 8.7}
+  - name: us-east
+    provider: http
+    base_url: %s/
+    country: US
+    location: {lat: 38.9, lon: -77.4}
+    networks: ["10.20.0.0/16"]
+`, eu.URL, us.URL)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, config.Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// TestBlobRouting runs requests through the whole service as built from a config file: trusted
+// front, GeoIP test database, network rules and two http mirrors holding different blobs.
+func TestBlobRouting(t *testing.T) {
+	eu := newBlobServer(t, "eu/blobs/", blobA)
+	us := newBlobServer(t, "", blobA, blobB)
+	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{Version: "test"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	up := "http://127.0.0.2:5000/v2/acme/images/app/blobs/"
+	for _, tc := range []struct {
+		name, remote, xff, digest string
+		location, mirror, reason  string
+	}{
+		{"germany to eu", "192.0.2.1:5000", "89.160.20.112", blobA, eu.URL + "/eu/blobs/sha256/" + strings.Repeat("a", 64), "eu-west", "country"},
+		{"britain to eu by continent", "192.0.2.1:5000", "81.2.69.142", blobA, eu.URL + "/eu/blobs/sha256/" + strings.Repeat("a", 64), "eu-west", "continent"},
+		{"us to us", "192.0.2.1:5000", "216.160.83.56", blobA, us.URL + "/sha256/" + strings.Repeat("a", 64), "us-east", "country"},
+		{"germany, blob only in us", "192.0.2.1:5000", "89.160.20.112", blobB, us.URL + "/sha256/" + strings.Repeat("b", 64), "us-east", "distance"},
+		{"network rule beats geo", "192.0.2.1:5000", "10.20.3.4", blobA, us.URL + "/sha256/" + strings.Repeat("a", 64), "us-east", "network"},
+		{"spoofed header from untrusted client", "216.160.83.56:5000", "89.160.20.112", blobA, us.URL + "/sha256/" + strings.Repeat("a", 64), "us-east", "country"},
+		{"blob nowhere", "192.0.2.1:5000", "89.160.20.112", "sha256:" + strings.Repeat("c", 64), up + "sha256:" + strings.Repeat("c", 64), "upstream", "fallback:not-present"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/v2/app/blobs/"+tc.digest, nil)
+			req.RemoteAddr = tc.remote
+			req.Header.Set("X-Forwarded-For", tc.xff)
+			rec := httptest.NewRecorder()
+			svc.Handler().ServeHTTP(rec, req)
+			if rec.Code != 307 || rec.Header().Get("Location") != tc.location || rec.Header().Get("X-Mirror") != tc.mirror || rec.Header().Get("X-Mirror-Reason") != tc.reason {
+				t.Errorf("got %d Location=%q X-Mirror=%q X-Mirror-Reason=%q\nwant 307 Location=%q X-Mirror=%q X-Mirror-Reason=%q",
+					rec.Code, rec.Header().Get("Location"), rec.Header().Get("X-Mirror"), rec.Header().Get("X-Mirror-Reason"), tc.location, tc.mirror, tc.reason)
+			}
+		})
+	}
+
+	// A warm blob costs no presence check.
+	before := eu.headCount()
+	for range 10 {
+		req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
+		req.RemoteAddr = "89.160.20.112:1"
+		svc.Handler().ServeHTTP(httptest.NewRecorder(), req)
+	}
+	if got := eu.headCount(); got != before {
+		t.Errorf("warm requests made %d presence checks", got-before)
+	}
+}
+
+func TestAdminResolve(t *testing.T) {
+	eu := newBlobServer(t, "eu/blobs/", blobA)
+	us := newBlobServer(t, "", blobA)
+	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	rec := httptest.NewRecorder()
+	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/_/resolve?ip=89.160.20.112&digest="+blobA, nil))
+	var e struct {
+		Client   struct{ Country string }
+		Decision struct{ Mirror, Reason string }
+		Mirrors  []struct{ Name string }
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+		t.Fatalf("%d %s: %v", rec.Code, rec.Body, err)
+	}
+	if e.Client.Country != "DE" || e.Decision.Mirror != "eu-west" || len(e.Mirrors) != 2 {
+		t.Errorf("explanation = %+v", e)
+	}
+	rec = httptest.NewRecorder()
+	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/_/resolve?ip=nope", nil))
+	if rec.Code != 400 {
+		t.Errorf("bad ip: status %d", rec.Code)
+	}
+}
+
+// BenchmarkBlobRedirectWarm is a full blob redirect through the service: client address behind a
+// trusted proxy, GeoIP lookup, ranking, cached presence and URL.
+func BenchmarkBlobRedirectWarm(b *testing.B) {
+	eu := newBlobServer(b, "eu/blobs/", blobA)
+	us := newBlobServer(b, "", blobA)
+	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer svc.Close()
+	req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
+	req.RemoteAddr = "192.0.2.1:5000"
+	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	w := &nullWriter{h: http.Header{}}
+	svc.Handler().ServeHTTP(w, req)
+	if w.h.Get("X-Mirror") != "eu-west" {
+		b.Fatalf("warm-up went to %q", w.h.Get("X-Mirror"))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		svc.Handler().ServeHTTP(w, req)
+	}
+}
+
+type nullWriter struct{ h http.Header }
+
+func (w *nullWriter) Header() http.Header         { return w.h }
+func (w *nullWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *nullWriter) WriteHeader(int)             {}
