@@ -1,0 +1,480 @@
+package gcs
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/happy-turtle/oci-proxy/config"
+)
+
+const (
+	testEmail = "mirror-signer@oci-proxy-test.iam.gserviceaccount.com"
+	testKey   = "blobs/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+)
+
+// isolateGCS keeps the developer's Google credentials and any emulator setting away from the
+// client, so that tests see only what they set up.
+func isolateGCS(t *testing.T) {
+	t.Helper()
+	t.Setenv("STORAGE_EMULATOR_HOST", "")
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "none.json"))
+	t.Setenv("CLOUDSDK_CONFIG", t.TempDir())
+	// Keeps the metadata-server probe from waiting on a network that is not Google Cloud.
+	t.Setenv("GCE_METADATA_HOST", "127.0.0.1:1")
+}
+
+// serviceAccount writes a service-account JSON key with a fresh RSA key, as the IAM console
+// issues them, and returns its path and the key.
+func serviceAccount(t testing.TB) (string, *rsa.PrivateKey) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa := map[string]string{
+		"type":                        "service_account",
+		"project_id":                  "oci-proxy-test",
+		"private_key_id":              "0123456789abcdef",
+		"private_key":                 string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"client_email":                testEmail,
+		"client_id":                   "1234567890",
+		"auth_uri":                    "https://accounts.google.com/o/oauth2/auth",
+		"token_uri":                   "https://oauth2.googleapis.com/token",
+		"auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+		"universe_domain":             "googleapis.com",
+	}
+	data, err := json.Marshal(sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "sa.json")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p, key
+}
+
+func newBackend(t testing.TB, m config.Mirror, opts Options) *Backend {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := New(ctx, m, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func sign(t *testing.T, b *Backend, method, key string, ttl time.Duration) (*url.URL, time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u, exp, err := b.URL(ctx, method, key, ttl)
+	if err != nil {
+		t.Fatalf("URL(%s, %s): %v", method, key, err)
+	}
+	return u, exp
+}
+
+// uriEscape is the percent-encoding of V4 signing: everything but the unreserved characters,
+// and "/" kept in paths.
+func uriEscape(s string, keepSlash bool) string {
+	var sb strings.Builder
+	for _, c := range []byte(s) {
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~", c) >= 0 || keepSlash && c == '/' {
+			sb.WriteByte(c)
+		} else {
+			fmt.Fprintf(&sb, "%%%02X", c)
+		}
+	}
+	return sb.String()
+}
+
+// verifyV4 checks a signed URL for method the way Cloud Storage does, following Google's
+// "Canonical requests" and "Signatures" pages rather than the client's code: it rebuilds the
+// canonical request from the URL alone, derives the string to sign, and checks the RSA-SHA256
+// signature with the service account's public key.
+func verifyV4(u *url.URL, method string, pub *rsa.PublicKey) error {
+	q := u.Query()
+	if got := q.Get("X-Goog-Algorithm"); got != "GOOG4-RSA-SHA256" {
+		return fmt.Errorf("algorithm %q", got)
+	}
+	if got := q.Get("X-Goog-SignedHeaders"); got != "host" {
+		return fmt.Errorf("signed headers %q, want only host (clients send no other)", got)
+	}
+	var params []string
+	for k, vs := range q {
+		if k == "X-Goog-Signature" {
+			continue
+		}
+		for _, v := range vs {
+			params = append(params, uriEscape(k, false)+"="+uriEscape(v, false))
+		}
+	}
+	sort.Strings(params)
+	creq := strings.Join([]string{
+		method,
+		uriEscape(u.Path, true),
+		strings.Join(params, "&"),
+		// The client signs the host without a port; URLs for Cloud Storage itself never have one.
+		"host:" + u.Hostname(),
+		"",
+		"host",
+		"UNSIGNED-PAYLOAD",
+	}, "\n")
+	email, scope, ok := strings.Cut(q.Get("X-Goog-Credential"), "/")
+	if !ok || email == "" || strings.Count(scope, "/") != 3 || !strings.HasSuffix(scope, "/storage/goog4_request") {
+		return fmt.Errorf("credential %q", q.Get("X-Goog-Credential"))
+	}
+	date := q.Get("X-Goog-Date")
+	if !strings.HasPrefix(date, scope[:8]) {
+		return fmt.Errorf("date %s outside the scope %s", date, scope)
+	}
+	sum := sha256.Sum256([]byte(creq))
+	sts := "GOOG4-RSA-SHA256\n" + date + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
+	sig, err := hex.DecodeString(q.Get("X-Goog-Signature"))
+	if err != nil {
+		return fmt.Errorf("signature is not hex: %w", err)
+	}
+	digest := sha256.Sum256([]byte(sts))
+	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
+}
+
+func TestSignedURL(t *testing.T) {
+	isolateGCS(t)
+	keyFile, key := serviceAccount(t)
+	tests := []struct {
+		name     string
+		emulator string
+		method   string
+		wantURL  string // scheme://host/path
+	}{
+		{name: "GET", method: http.MethodGet, wantURL: "https://storage.googleapis.com/oci-proxy-eu-west/" + testKey},
+		{name: "HEAD", method: http.MethodHead, wantURL: "https://storage.googleapis.com/oci-proxy-eu-west/" + testKey},
+		{name: "emulator GET", emulator: "127.0.0.4:4443", method: http.MethodGet, wantURL: "http://127.0.0.4:4443/oci-proxy-eu-west/" + testKey},
+		{name: "emulator HEAD", emulator: "http://127.0.0.4:4443", method: http.MethodHead, wantURL: "http://127.0.0.4:4443/oci-proxy-eu-west/" + testKey},
+		{name: "emulator https", emulator: "https://gcs.test:8443", method: http.MethodGet, wantURL: "https://gcs.test:8443/oci-proxy-eu-west/" + testKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("STORAGE_EMULATOR_HOST", tt.emulator)
+			b := newBackend(t, config.Mirror{Name: "eu-west", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
+			const ttl = 15 * time.Minute
+			before := time.Now().Truncate(time.Second)
+			u, exp := sign(t, b, tt.method, testKey, ttl)
+			after := time.Now()
+
+			if got := u.Scheme + "://" + u.Host + u.Path; got != tt.wantURL {
+				t.Errorf("URL %s, want %s", got, tt.wantURL)
+			}
+			q := u.Query()
+			if got := q.Get("X-Goog-Credential"); !strings.HasPrefix(got, testEmail+"/") || !strings.HasSuffix(got, "/auto/storage/goog4_request") {
+				t.Errorf("X-Goog-Credential = %s", got)
+			}
+			// The client measures the lifetime from its own clock, a moment after ours.
+			if got := q.Get("X-Goog-Expires"); got != "900" && got != "899" {
+				t.Errorf("X-Goog-Expires = %s, want 900", got)
+			}
+			if exp.Before(before.Add(ttl-time.Second)) || exp.After(after.Add(ttl)) {
+				t.Errorf("expiry %s not within [%s, %s]", exp, before.Add(ttl-time.Second), after.Add(ttl))
+			}
+			if err := verifyV4(u, tt.method, &key.PublicKey); err != nil {
+				t.Fatalf("signature for %s does not verify: %v", tt.method, err)
+			}
+			other := http.MethodHead
+			if tt.method == http.MethodHead {
+				other = http.MethodGet
+			}
+			if verifyV4(u, other, &key.PublicKey) == nil {
+				t.Errorf("a %s URL verifies for %s", tt.method, other)
+			}
+			otherKey, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verifyV4(u, tt.method, &otherKey.PublicKey) == nil {
+				t.Errorf("the URL verifies with another key")
+			}
+			for _, tamper := range []struct {
+				name string
+				fn   func(*url.URL)
+			}{
+				{"path", func(u *url.URL) { u.Path += "0" }},
+				{"bucket", func(u *url.URL) { u.Path = strings.Replace(u.Path, "oci-proxy-eu-west", "oci-proxy-eu-wesT", 1) }},
+				{"host", func(u *url.URL) { u.Host = "evil.example.com" }},
+				{"expiry", func(u *url.URL) { setParam(u, "X-Goog-Expires", "604800") }},
+				{"date", func(u *url.URL) { setParam(u, "X-Goog-Date", "20300101T000000Z") }},
+				{"signature", func(u *url.URL) { flipSignature(u) }},
+				{"added parameter", func(u *url.URL) { setParam(u, "response-content-type", "text/html") }},
+			} {
+				c := *u
+				tamper.fn(&c)
+				if verifyV4(&c, tt.method, &key.PublicKey) == nil {
+					t.Errorf("tampered %s still verifies: %s", tamper.name, c.Redacted())
+				}
+			}
+		})
+	}
+}
+
+func setParam(u *url.URL, k, v string) {
+	q := u.Query()
+	q.Set(k, v)
+	u.RawQuery = q.Encode()
+}
+
+func flipSignature(u *url.URL) {
+	s := []byte(u.Query().Get("X-Goog-Signature"))
+	if s[len(s)-1] == '0' {
+		s[len(s)-1] = '1'
+	} else {
+		s[len(s)-1] = '0'
+	}
+	setParam(u, "X-Goog-Signature", string(s))
+}
+
+func TestPublicURL(t *testing.T) {
+	isolateGCS(t)
+	tests := []struct {
+		name     string
+		emulator string
+		key      string
+		want     string
+	}{
+		{name: "cloud", key: testKey, want: "https://storage.googleapis.com/pub/" + testKey},
+		{name: "emulator", emulator: "127.0.0.4:4443", key: testKey, want: "http://127.0.0.4:4443/pub/" + testKey},
+		{name: "escaped key", key: "blobs/a b?c#d", want: "https://storage.googleapis.com/pub/blobs/a%20b%3Fc%23d"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("STORAGE_EMULATOR_HOST", tt.emulator)
+			// No credentials at all: a public bucket needs none to hand out URLs.
+			b := newBackend(t, config.Mirror{Name: "pub", Bucket: "pub", Public: true}, Options{})
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				u, exp := sign(t, b, method, tt.key, time.Minute)
+				if u.String() != tt.want || !exp.IsZero() {
+					t.Errorf("URL(%s) = %s, %s; want %s and the zero time", method, u, exp, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestURLErrors(t *testing.T) {
+	isolateGCS(t)
+	keyFile, _ := serviceAccount(t)
+	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
+	tests := []struct {
+		name   string
+		method string
+		ttl    time.Duration
+	}{
+		{"PUT", http.MethodPut, time.Minute},
+		{"POST", http.MethodPost, time.Minute},
+		{"lower-case get", "get", time.Minute},
+		{"zero ttl", http.MethodGet, 0},
+		{"ttl over 7 days", http.MethodGet, MaxTTL + time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if u, _, err := b.URL(ctx, tt.method, testKey, tt.ttl); err == nil {
+				t.Fatalf("URL = %s, want an error", u)
+			} else if !strings.Contains(err.Error(), `mirror "m"`) {
+				t.Errorf("error %q does not name the mirror", err)
+			}
+		})
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	isolateGCS(t)
+	_, key := serviceAccount(t)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	write := func(t *testing.T, body string) string {
+		p := filepath.Join(t.TempDir(), "key.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	js := func(m map[string]string) string { b, _ := json.Marshal(m); return string(b) }
+	tests := []struct {
+		name    string
+		file    func(t *testing.T) string
+		bucket  string
+		wantErr string
+	}{
+		{"no bucket", func(t *testing.T) string { return "" }, "", "bucket is required"},
+		{"missing file", func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope.json") }, "b", "credentials file"},
+		{"not JSON, key quoted", func(t *testing.T) string { return write(t, pemKey) }, "b", "not valid JSON"},
+		{"authorized user", func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "authorized_user", "client_id": "x", "refresh_token": "y"}))
+		}, "b", `want "service_account"`},
+		{"external account", func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "external_account", "credential_source": "x"}))
+		}, "b", `want "service_account"`},
+		{"no private key", func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "service_account", "client_email": testEmail}))
+		}, "b", "private_key are required"},
+		{"key not PEM", func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "service_account", "client_email": testEmail, "private_key": "MIIE..."}))
+		}, "b", "not PEM"},
+		{"key not RSA", func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "service_account", "client_email": testEmail,
+				"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte("junk")}))}))
+		}, "b", "not an RSA key"},
+		{"bad emulator host", func(t *testing.T) string { t.Setenv("STORAGE_EMULATOR_HOST", "ftp://x"); return "" }, "b", "emulator host"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := New(ctx, config.Mirror{Name: "m", Bucket: tt.bucket, CredentialsFile: tt.file(t)}, Options{})
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), `mirror "m"`) {
+				t.Fatalf("New: error %v, want one naming the mirror and containing %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "PRIVATE KEY") || strings.Contains(err.Error(), pemKey[40:80]) {
+				t.Errorf("error quotes the private key: %v", err)
+			}
+		})
+	}
+}
+
+// TestStatStatus maps the JSON API's answers onto presence, with a fake server standing in for
+// the emulator; TestFakeGCS covers the real protocol.
+func TestStatStatus(t *testing.T) {
+	isolateGCS(t)
+	keyFile, _ := serviceAccount(t)
+	tests := []struct {
+		status   int
+		want     bool
+		wantSize int64
+		wantErr  bool
+	}{
+		{status: http.StatusOK, want: true, wantSize: 1234},
+		{status: http.StatusNotFound, want: false, wantSize: -1},
+		{status: http.StatusForbidden, want: false, wantSize: -1},
+		{status: http.StatusInternalServerError, wantErr: true},
+		{status: http.StatusServiceUnavailable, wantErr: true},
+		{status: http.StatusUnauthorized, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(http.StatusText(tt.status), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if want := "/storage/v1/b/b/o/" + url.PathEscape(testKey); r.URL.EscapedPath() != want {
+					t.Errorf("request %s %s, want %s", r.Method, r.URL.EscapedPath(), want)
+				}
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tt.status)
+				if tt.status == http.StatusOK {
+					fmt.Fprintf(w, `{"kind":"storage#object","bucket":"b","name":%q,"size":"1234"}`, testKey)
+				} else {
+					fmt.Fprintf(w, `{"error":{"code":%d,"message":"status %d"}}`, tt.status, tt.status)
+				}
+			}))
+			defer srv.Close()
+			t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(srv.URL, "http://"))
+			b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			obj, err := b.Stat(ctx, testKey)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("Stat = %+v, want an error", obj)
+				}
+				for _, s := range []string{`mirror "m"`, testKey} {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not contain %q", err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Stat: %v", err)
+			}
+			if obj.Exists != tt.want || obj.Size != tt.wantSize {
+				t.Errorf("Stat = %+v, want Exists %v Size %d", obj, tt.want, tt.wantSize)
+			}
+		})
+	}
+}
+
+func TestStatDeadline(t *testing.T) {
+	isolateGCS(t)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(srv.URL, "http://"))
+	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b"}, Options{Timeout: 200 * time.Millisecond})
+	start := time.Now()
+	// No deadline on purpose: Options.Timeout must supply one.
+	if _, err := b.Stat(context.Background(), testKey); err == nil {
+		t.Fatal("Stat against a hanging server succeeded")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Stat took %s, want about the 200ms timeout", d)
+	}
+}
+
+func BenchmarkSignV4(b *testing.B) {
+	b.Setenv("STORAGE_EMULATOR_HOST", "")
+	keyFile, _ := serviceAccount(b)
+	be := newBackend(b, config.Mirror{Name: "m", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := be.URL(ctx, http.MethodGet, testKey, 15*time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestSignedURLWithADC signs with a service-account key found through Application Default
+// Credentials rather than the mirror's credentials_file: the client reads the key itself.
+func TestSignedURLWithADC(t *testing.T) {
+	isolateGCS(t)
+	keyFile, key := serviceAccount(t)
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
+	b := newBackend(t, config.Mirror{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		u, _ := sign(t, b, method, testKey, time.Minute)
+		if err := verifyV4(u, method, &key.PublicKey); err != nil {
+			t.Errorf("%s: signature does not verify: %v", method, err)
+		}
+		if !strings.HasPrefix(u.Query().Get("X-Goog-Credential"), testEmail+"/") {
+			t.Errorf("%s: X-Goog-Credential = %s", method, u.Query().Get("X-Goog-Credential"))
+		}
+	}
+}
