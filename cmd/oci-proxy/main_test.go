@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCommands(t *testing.T) {
+	t.Setenv("UpstreamRegistry", "")
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("upstream: https://x.example/acme/\nlisten: 1\nextra: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		code     int
+		contains string
+	}{
+		{"no args", nil, 2, "Usage"},
+		{"unknown", []string{"push"}, 2, `unknown command "push"`},
+		{"version", []string{"version"}, 0, "oci-proxy dev (commit unknown"},
+		{"validate good", []string{"validate", "--config", "../../config.yaml"}, 0, "ok (upstream https://us-central1-docker.pkg.dev/v2/oci-proxy/oci-proxy-images/"},
+		{"validate bad", []string{"validate", "--config", bad}, 1, bad + `:3: unknown key "extra"`},
+		{"validate missing", []string{"validate", "--config", "/nonexistent.yaml"}, 1, "nonexistent.yaml"},
+		{"validate stray arg", []string{"validate", "x"}, 2, "unexpected argument"},
+		{"serve without config", []string{"serve"}, 1, "no configuration"},
+		{"serve bad log format", []string{"serve", "--log-format", "xml"}, 1, "--log-format"},
+		{"resolve bad ip", []string{"resolve", "--config", "../../config.yaml", "--ip", "nope"}, 2, "--ip must be an IP address"},
+		{"resolve bad digest", []string{"resolve", "--config", "../../config.yaml", "--ip", "1.2.3.4", "--digest", "sha256:1"}, 2, "--digest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runCmd(t, tc.args...)
+			if code != tc.code || !strings.Contains(out+errs, tc.contains) {
+				t.Errorf("exit %d, output:\n%s%s\nwant exit %d containing %q", code, out, errs, tc.code, tc.contains)
+			}
+		})
+	}
+}
+
+func TestResolveJSON(t *testing.T) {
+	code, out, errs := runCmd(t, "resolve", "--config", "../../config.yaml", "--ip", "89.160.20.112", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var e struct {
+		Client struct{ Addr string }
+	}
+	if err := json.Unmarshal([]byte(out), &e); err != nil || e.Client.Addr != "89.160.20.112" {
+		t.Errorf("resolve --json = %s (%v)", out, err)
+	}
+}
