@@ -256,3 +256,20 @@ func repoOf(ref string) string {
 	}
 	return ref
 }
+
+// Tag gives the manifest (or index) that srcRepoRef names a further tag in the same repository:
+// r.Tag(t, "acme/images/app:1.0", "1.1").
+func (r *Registry) Tag(t testing.TB, srcRepoRef, tag string) {
+	t.Helper()
+	src := r.parse(t, srcRepoRef)
+	ctx, cancel := context.WithTimeout(context.Background(), pushTimeout)
+	defer cancel()
+	desc, err := remote.Get(src, remote.WithContext(ctx), remote.WithAuth(r.auth()))
+	if err != nil {
+		t.Fatalf("get %s: %v", src, err)
+	}
+	dst := src.Context().Tag(tag)
+	if err := remote.Tag(dst, desc, remote.WithContext(ctx), remote.WithAuth(r.auth())); err != nil {
+		t.Fatalf("tag %s: %v", dst, err)
+	}
+}

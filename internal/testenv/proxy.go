@@ -14,10 +14,21 @@ import (
 // ProxyPackage is the import path of the service's binary.
 const ProxyPackage = "github.com/happy-turtle/oci-proxy/cmd/oci-proxy"
 
-// BuildProxy compiles the service into dir/oci-proxy and returns its path. It is meant for
-// TestMain (which has no testing.TB), once per test binary. When the tests run with -race, so is
-// the service built: end-to-end traffic then also looks for data races in the server.
+// ProxyBinEnv names an environment variable that, when set, is the path of an already built
+// binary to test instead of building one (a release build, or the binary inside an image).
+const ProxyBinEnv = "OCI_PROXY_BIN"
+
+// BuildProxy compiles the service into dir/oci-proxy and returns its path, or returns the binary
+// named by $OCI_PROXY_BIN. It is meant for TestMain (which has no testing.TB), once per test
+// binary. When the tests run with -race, so is the service built: end-to-end traffic then also
+// looks for data races in the server.
 func BuildProxy(dir string) (string, error) {
+	if p := os.Getenv(ProxyBinEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s: %w", ProxyBinEnv, err)
+		}
+		return p, nil
+	}
 	bin := filepath.Join(dir, "oci-proxy")
 	args := []string{"build", "-o", bin}
 	if raceEnabled {
