@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-
-	"go4.org/netipx"
 )
 
 // Bounds on what a request's forwarding headers can make us do. Only the rightmost hops can have
@@ -22,24 +20,30 @@ const (
 // ClientIP finds the address of the client behind a chain of trusted proxies. It is immutable
 // and safe for concurrent use.
 type ClientIP struct {
-	trusted *netipx.IPSet
+	// A handful of prefixes, the usual case, are faster to scan than to search; a long list (a
+	// CDN's published ranges, say) goes into a trie.
+	few  []netip.Prefix
+	many *NetworkTable
 }
+
+// fewTrusted is where a scan stops beating the trie.
+const fewTrusted = 8
 
 // NewClientIP trusts the forwarding headers of connections from the given prefixes. With none,
 // headers are never trusted and the connection's address is always the client.
 func NewClientIP(trusted []netip.Prefix) *ClientIP {
-	var b netipx.IPSetBuilder
+	var c ClientIP
+	var rules []NetworkRule
 	for _, p := range trusted {
 		if q, ok := normalizePrefix(p); ok {
-			b.AddPrefix(q)
+			c.few = append(c.few, q)
+			rules = append(rules, NetworkRule{Prefix: q, Tag: "trusted"})
 		}
 	}
-	set, err := b.IPSet()
-	if err != nil {
-		// IPSetBuilder only reports errors for invalid input, which normalizePrefix removed.
-		set = &netipx.IPSet{}
+	if len(c.few) > fewTrusted {
+		c.few, c.many = nil, NewNetworkTable(rules)
 	}
-	return &ClientIP{trusted: set}
+	return &c
 }
 
 // FromRequest returns the client address of r. It returns the zero Addr only when r.RemoteAddr is
@@ -66,7 +70,20 @@ func parseRemoteAddr(s string) netip.Addr {
 // ::ffff:a.b.c.d, and zones only make sense on the machine that printed them.
 func normalizeAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
 
-func (c *ClientIP) isTrusted(a netip.Addr) bool { return c != nil && c.trusted.Contains(a) }
+func (c *ClientIP) isTrusted(a netip.Addr) bool {
+	if c == nil {
+		return false
+	}
+	if c.many != nil {
+		return c.many.Lookup(a) != nil
+	}
+	for _, p := range c.few {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // Resolve returns the client address for a connection from remote that carried the given
 // X-Forwarded-For and Forwarded header lines.
@@ -85,7 +102,9 @@ func (c *ClientIP) Resolve(remote netip.Addr, xff, forwarded []string) netip.Add
 	var h hops
 	parseForwarded(&h, forwarded)
 	if !h.hasFor {
-		h = hops{}
+		if h.n > 0 {
+			h = hops{}
+		}
 		parseXFF(&h, xff)
 	}
 	last := remote
@@ -163,21 +182,61 @@ func parseXFFLine(h *hops, l string) {
 	}
 }
 
-// parseNode reads one hop: an address, optionally with a port, IPv6 optionally in brackets.
-// Anything else, including "unknown" and obfuscated identifiers, is the invalid Addr.
+// parseNode reads one hop: an address, optionally with a port, IPv6 in brackets when it has one.
+// Anything else, including "unknown" and obfuscated identifiers, is the invalid Addr. The shape is
+// checked before parsing because a failed netip parse allocates its error, and ports are common.
 func parseNode(s string) netip.Addr {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return normalizeAddr(a)
+	host := s
+	if s != "" && s[0] == '[' {
+		end := strings.IndexByte(s, ']')
+		if end < 0 || !validPort(s[end+1:]) {
+			return netip.Addr{}
+		}
+		host = s[1:end]
+		if strings.IndexByte(host, ':') < 0 {
+			return netip.Addr{} // brackets are for IPv6 only
+		}
+	} else if i := strings.IndexByte(s, ':'); i >= 0 && strings.IndexByte(s[i+1:], ':') < 0 {
+		// Exactly one colon: IPv4 with a port.
+		if !validPort(s[i:]) {
+			return netip.Addr{}
+		}
+		host = s[:i]
 	}
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return normalizeAddr(ap.Addr())
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
 	}
-	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
-		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil && a.Is6() {
-			return normalizeAddr(a)
+	return normalizeAddr(a)
+}
+
+// validPort accepts "", ":" followed by up to five digits, or an RFC 7239 obfuscated port
+// (":_abc"), which says nothing about the address before it.
+func validPort(s string) bool {
+	if s == "" {
+		return true
+	}
+	if s[0] != ':' || len(s) < 2 {
+		return false
+	}
+	p := s[1:]
+	if p[0] == '_' {
+		for i := 1; i < len(p); i++ {
+			if c := p[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+				return false
+			}
+		}
+		return true
+	}
+	if len(p) > 5 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] < '0' || p[i] > '9' {
+			return false
 		}
 	}
-	return netip.Addr{}
+	return true
 }
 
 // parseForwarded pushes one hop per Forwarded element:
@@ -318,7 +377,11 @@ func isTchar(c byte) bool {
 	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		return true
 	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
 }
 
 // quoted reads a quoted-string. The unescaped value is returned only when it needs no copying,

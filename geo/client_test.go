@@ -194,3 +194,25 @@ func TestFromRequest(t *testing.T) {
 		})
 	}
 }
+
+// Many trusted prefixes take another path than a few; both must agree.
+func TestResolveManyTrustedPrefixes(t *testing.T) {
+	trusted := trustedForTests(t)
+	for i := range 20 {
+		trusted = append(trusted, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(i), 0}), 24))
+	}
+	trusted = append(trusted, netip.MustParsePrefix("::ffff:192.168.0.0/112")) // mapped form
+	c := geo.NewClientIP(trusted)
+	for _, tc := range resolveCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			got := c.Resolve(addr(tc.remote), lines(tc.xff), lines(tc.forwarded))
+			if diff := cmp.Diff(addr(tc.want), got, addrs()); diff != "" {
+				t.Errorf("mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+	got := c.Resolve(addr("172.16.19.1"), []string{"81.2.69.142, 192.168.1.1, 172.16.3.3"}, nil)
+	if diff := cmp.Diff(addr("81.2.69.142"), got, addrs()); diff != "" {
+		t.Errorf("mismatch (-want +got):\n%s", diff)
+	}
+}
