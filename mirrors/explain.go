@@ -1,10 +1,13 @@
 package mirrors
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -112,6 +115,14 @@ func explainDecision(d Decision) ExplainedDecision {
 	return e
 }
 
+// rankOrder puts unranked mirrors (position 0) after the ranked ones.
+func rankOrder(pos int) int {
+	if pos == 0 {
+		return math.MaxInt
+	}
+	return pos
+}
+
 // redact keeps what identifies the object and drops where credentials live.
 func redact(u *url.URL) string {
 	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
@@ -168,7 +179,12 @@ func (e Explanation) WriteText(w io.Writer) error {
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RANK\tMIRROR\tTIER\tDISTANCE\tWEIGHT\tSCORE\tPRESENCE\tNOTE")
-	for _, m := range e.Mirrors {
+	// Ranked mirrors in their order, then the others in table order.
+	rows := slices.Clone(e.Mirrors)
+	slices.SortStableFunc(rows, func(a, b MirrorExplanation) int {
+		return cmp.Compare(rankOrder(a.Position), rankOrder(b.Position))
+	})
+	for _, m := range rows {
 		rank, tier, dist, score, pres := "-", "-", "-", "-", "-"
 		if m.Position > 0 {
 			rank, tier, score = strconv.Itoa(m.Position), m.Tier, strconv.FormatFloat(m.Score, 'f', 3, 64)
@@ -183,8 +199,11 @@ func (e Explanation) WriteText(w io.Writer) error {
 			}
 		}
 		note := m.Excluded
-		if m.Chosen {
+		switch {
+		case m.Chosen:
 			note = "chosen"
+		case note == "":
+			note = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", rank, m.Name, tier, dist, m.Weight, score, pres, note)
 	}

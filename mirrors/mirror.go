@@ -32,6 +32,7 @@ type Mirror struct {
 	continent string
 	hasLoc    bool
 	lat, lon  float64
+	point     point
 
 	networks     []netip.Prefix
 	netTag       string // "net:<name>", the tag geo gives addresses in networks
@@ -103,6 +104,7 @@ func NewMirror(c config.Mirror, b Backend, defaultTTL time.Duration) (*Mirror, e
 			errs = append(errs, fmt.Errorf("location %v,%v is not a point on Earth", c.Location.Lat, c.Location.Lon))
 		}
 		m.hasLoc, m.lat, m.lon = true, c.Location.Lat, c.Location.Lon
+		m.point = pointAt(m.lat, m.lon)
 	}
 	for _, n := range c.Networks {
 		p, err := netip.ParsePrefix(n)

@@ -44,19 +44,16 @@ type cand struct {
 	score      float64 // weighted rendezvous score: higher wins among equals
 }
 
-// rank returns the mirrors that may serve q, best first, appended to buf; with none, the reason the
-// upstream serves instead. With a trace it records every mirror's rank or exclusion.
-//
-// The order is: weight 0 last (a last resort, whatever its place), then tier, then distance; mirrors
-// in the same tier whose distances differ by less than TieKm (or are both unknown) are equals, and
-// among equals the weighted rendezvous score of (client address, mirror name) decides. The score
-// depends on nothing but those two, so a client keeps its mirror across the requests of one pull
-// and across replicas, each mirror gets clients in proportion to its weight, and removing a mirror
-// moves only its own clients.
+// rank returns the mirrors that may serve q appended to buf, in table order; with none, the reason
+// the upstream serves instead. With a trace it records every exclusion. order and best put them in
+// order.
 func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) {
 	loc := &q.Loc
 	now := s.now().UnixNano()
-	ah := addrHash(loc.Addr)
+	var client point
+	if loc.HasCoords {
+		client = pointAt(loc.Lat, loc.Lon)
+	}
 	inScope, unhealthy := 0, 0
 	for i, m := range s.mirrors {
 		if !m.enabled {
@@ -82,9 +79,8 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 		c := cand{idx: i, lastResort: m.weight == 0, km: math.Inf(1)}
 		c.tier = tierOf(m, loc)
 		if m.hasLoc && loc.HasCoords {
-			c.km = geo.DistanceKm(loc.Lat, loc.Lon, m.lat, m.lon)
+			c.km = client.km(m.point)
 		}
-		c.score = rendezvous(ah, m)
 		buf = append(buf, c)
 	}
 	if len(buf) == 0 {
@@ -93,49 +89,91 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 		}
 		return buf, ReasonNoMirror
 	}
-	slices.SortFunc(buf, func(a, b cand) int {
-		if a.lastResort != b.lastResort {
-			if a.lastResort {
-				return 1
-			}
-			return -1
-		}
-		if a.tier != b.tier {
-			return cmp.Compare(a.tier, b.tier)
-		}
-		return cmp.Compare(a.km, b.km)
-	})
-	for start := 0; start < len(buf); {
-		end := start + 1
-		for end < len(buf) && s.equal(&buf[start], &buf[end]) {
-			end++
-		}
-		if end-start > 1 {
-			slices.SortFunc(buf[start:end], func(a, b cand) int {
-				if c := cmp.Compare(b.score, a.score); c != 0 {
-					return c
-				}
-				return cmp.Compare(a.idx, b.idx)
-			})
-		}
-		start = end
-	}
-	if tr != nil {
-		for pos, c := range buf {
-			me := &tr.Mirrors[c.idx]
-			me.Position = pos + 1
-			me.Tier = c.tier.reason()
-			if !math.IsInf(c.km, 1) {
-				km := math.Round(c.km*10) / 10
-				me.DistanceKm = &km
-			}
-			me.Score = math.Round(c.score*1000) / 1000
-		}
-	}
 	return buf, ""
 }
 
-// equal reports whether b ranks the same as a, the head of its group of equals.
+// order sorts cands best first and, with a trace, records their ranks.
+//
+// The order is: weight 0 last (a last resort, whatever its place), then tier, then distance;
+// mirrors in the same tier whose distances differ by at most TieKm from the nearest of them (or
+// are all unknown) are equals, and among equals the weighted rendezvous score of (client address,
+// mirror name) decides. The score depends on nothing but those two, so a client keeps its mirror
+// across the requests of one pull and across replicas, each mirror gets clients in proportion to
+// its weight, and removing a mirror moves only its own clients.
+func (s *Selector) order(cands []cand, addr uint64, tr *Explanation) {
+	for i := range cands {
+		cands[i].score = rendezvous(addr, s.mirrors[cands[i].idx])
+	}
+	slices.SortFunc(cands, byPlace)
+	for start := 0; start < len(cands); {
+		end := start + 1
+		for end < len(cands) && s.equal(&cands[start], &cands[end]) {
+			end++
+		}
+		if end-start > 1 {
+			slices.SortFunc(cands[start:end], byScore)
+		}
+		start = end
+	}
+	if tr == nil {
+		return
+	}
+	for pos, c := range cands {
+		me := &tr.Mirrors[c.idx]
+		me.Position = pos + 1
+		me.Tier = c.tier.reason()
+		if !math.IsInf(c.km, 1) {
+			km := math.Round(c.km*10) / 10
+			me.DistanceKm = &km
+		}
+		me.Score = math.Round(c.score*1000) / 1000
+	}
+}
+
+// best returns the index in cands of the candidate order would put first, in one pass and without
+// sorting: most requests are served by it, and sorting is only needed when it fails.
+func (s *Selector) best(cands []cand, addr uint64) int {
+	head := 0
+	for i := 1; i < len(cands); i++ {
+		if byPlace(cands[i], cands[head]) < 0 {
+			head = i
+		}
+	}
+	win := -1
+	for i := range cands {
+		c := &cands[i]
+		if i != head && !s.equal(&cands[head], c) {
+			continue
+		}
+		c.score = rendezvous(addr, s.mirrors[c.idx])
+		if win < 0 || byScore(*c, cands[win]) < 0 {
+			win = i
+		}
+	}
+	return win
+}
+
+func byPlace(a, b cand) int {
+	if a.lastResort != b.lastResort {
+		if a.lastResort {
+			return 1
+		}
+		return -1
+	}
+	if a.tier != b.tier {
+		return cmp.Compare(a.tier, b.tier)
+	}
+	return cmp.Compare(a.km, b.km)
+}
+
+func byScore(a, b cand) int {
+	if c := cmp.Compare(b.score, a.score); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.idx, b.idx)
+}
+
+// equal reports whether b ranks the same as a, the head of its group of equals (so a.km <= b.km).
 func (s *Selector) equal(a, b *cand) bool {
 	if a.lastResort != b.lastResort || a.tier != b.tier {
 		return false
@@ -199,3 +237,26 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 31
 	return x
 }
+
+// point is a place as a unit vector, so that the distance to each mirror costs a square root and an
+// arc sine instead of the four further trigonometric calls of geo.DistanceKm, which dominated the
+// cost of ranking. The result is the same haversine distance (TestPointMatchesGeo).
+type point struct{ x, y, z float64 }
+
+func pointAt(lat, lon float64) point {
+	const rad = math.Pi / 180
+	sφ, cφ := math.Sincos(lat * rad)
+	sλ, cλ := math.Sincos(lon * rad)
+	return point{cφ * cλ, cφ * sλ, sφ}
+}
+
+// km returns the great-circle distance: the chord between the two vectors is 2·sin(θ/2), and
+// summing squared differences (rather than taking a dot product) keeps short distances exact.
+func (p point) km(q point) float64 {
+	dx, dy, dz := p.x-q.x, p.y-q.y, p.z-q.z
+	half := math.Sqrt(dx*dx+dy*dy+dz*dz) / 2
+	return 2 * earthRadiusKm * math.Asin(min(half, 1))
+}
+
+// earthRadiusKm is geo's radius, so that both distances agree.
+const earthRadiusKm = 6371.0088

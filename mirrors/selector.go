@@ -194,7 +194,11 @@ func (s *Selector) Mirrors() []*Mirror { return s.mirrors }
 // total, and a blob whose presence and URL are cached costs no network round trip.
 func (s *Selector) Choose(ctx context.Context, q Query) Decision {
 	var buf [16]cand
-	cands, why := s.rank(&q, buf[:0], nil)
+	cs := buf[:0]
+	if len(s.mirrors) > len(buf) {
+		cs = make([]cand, 0, len(s.mirrors))
+	}
+	cands, why := s.rank(&q, cs, nil)
 	if len(cands) == 0 {
 		return upstream(why)
 	}
@@ -206,71 +210,110 @@ func upstream(reason string) Decision { return Decision{Reason: reason, Size: -1
 // errBudget stops a walk that has used up its time.
 var errBudget = errors.New("no time left for this request")
 
-// walk tries cands best first. With a trace (Explain) it goes on checking presence after the
-// choice is made, so that every mirror's state is shown.
+// walk tries cands best first. Without a trace it tries the best one before paying for a full
+// sort. With a trace (Explain) it goes on checking presence after the choice is made, so that every
+// mirror's state is shown.
 func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation) Decision {
 	var (
-		deadline time.Time // set at the first network call, so a warm choice never reads the clock
-		d        Decision
-		chosen   bool
-		failed   bool
+		w      = walker{s: s, ctx: ctx, digest: q.Digest, head: q.Method == "HEAD", known: q.Loc.Known(), tr: tr}
+		ah     = addrHash(q.Loc.Addr)
+		tried  = -1
+		chosen bool
+		d      Decision
 	)
-	head := q.Method == "HEAD"
-	for _, c := range cands {
-		if chosen && tr == nil {
-			break
+	if tr == nil {
+		b := s.best(cands, ah)
+		if d, ok := w.try(&cands[b]); ok {
+			return d
 		}
-		var me *MirrorExplanation
-		if tr != nil {
-			me = &tr.Mirrors[c.idx]
-		}
-		obj, cached, err := s.present(ctx, c.idx, q.Digest, &deadline)
-		switch {
-		case err != nil:
-			failed = true
-			if me != nil {
-				me.Presence, me.Excluded = "error", "presence check failed: "+shortErr(err)
-			}
+		tried = cands[b].idx
+	}
+	s.order(cands, ah, tr)
+	for i := range cands {
+		if cands[i].idx == tried {
 			continue
-		case !obj.Exists:
-			if me != nil {
-				me.Presence, me.Cached, me.Excluded = "absent", cached, "not present"
-			}
-			continue
-		}
-		if me != nil {
-			me.Presence, me.Cached = "present", cached
 		}
 		if chosen {
-			continue
-		}
-		su, err := s.url(ctx, c.idx, head, q.Digest, &deadline)
-		if err != nil {
-			failed = true
-			if me != nil {
-				me.Excluded = "url failed: " + shortErr(err)
+			if tr == nil {
+				break
 			}
+			w.check(&cands[i])
 			continue
 		}
-		chosen = true
-		if me != nil {
-			me.Chosen = true
-		}
-		reason := c.tier.reason()
-		if !q.Loc.Known() {
-			reason = ReasonNoGeo
-		}
-		d = Decision{Mirror: s.mirrors[c.idx].name, URL: su.u, Reason: reason, Size: obj.Size, Expires: su.expires}
+		d, chosen = w.try(&cands[i])
 	}
 	if chosen {
 		return d
 	}
 	// An error wins over "not present": the blob may well be on the mirror that failed, and that
 	// is what an operator needs to see.
-	if failed {
+	if w.failed {
 		return upstream(ReasonError)
 	}
 	return upstream(ReasonNotPresent)
+}
+
+// walker is the state of one walk over the candidates. It copies what it needs of the Query rather
+// than pointing to it, which would move every Query to the heap.
+type walker struct {
+	s        *Selector
+	ctx      context.Context
+	digest   oci.Digest
+	head     bool
+	known    bool
+	tr       *Explanation
+	deadline time.Time // set at the first network call, so a warm choice never reads the clock
+	failed   bool
+}
+
+// check learns whether c holds the blob, recording the answer in the trace.
+func (w *walker) check(c *cand) (Object, bool) {
+	var me *MirrorExplanation
+	if w.tr != nil {
+		me = &w.tr.Mirrors[c.idx]
+	}
+	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, &w.deadline)
+	switch {
+	case err != nil:
+		w.failed = true
+		if me != nil {
+			me.Presence, me.Excluded = "error", "presence check failed: "+shortErr(err)
+		}
+		return obj, false
+	case !obj.Exists:
+		if me != nil {
+			me.Presence, me.Cached, me.Excluded = "absent", cached, "not present"
+		}
+		return obj, false
+	}
+	if me != nil {
+		me.Presence, me.Cached = "present", cached
+	}
+	return obj, true
+}
+
+// try returns the decision for c if it holds the blob and gives a URL.
+func (w *walker) try(c *cand) (Decision, bool) {
+	obj, ok := w.check(c)
+	if !ok {
+		return Decision{}, false
+	}
+	su, err := w.s.url(w.ctx, c.idx, w.head, w.digest, &w.deadline)
+	if err != nil {
+		w.failed = true
+		if w.tr != nil {
+			w.tr.Mirrors[c.idx].Excluded = "url failed: " + shortErr(err)
+		}
+		return Decision{}, false
+	}
+	if w.tr != nil {
+		w.tr.Mirrors[c.idx].Chosen = true
+	}
+	reason := c.tier.reason()
+	if !w.known {
+		reason = ReasonNoGeo
+	}
+	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Reason: reason, Size: obj.Size, Expires: su.expires}, true
 }
 
 // present reports whether mirror i holds d, from the cache or from one merged backend check.

@@ -1,0 +1,101 @@
+package mirrors
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/happy-turtle/oci-proxy/config"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("%s differs (-want +got; go test -update refreshes it):\n%s", path, diff)
+	}
+}
+
+func TestExplain(t *testing.T) {
+	clk := newClock()
+	k := keyOf(t, 1)
+	fake := func(name string, keys ...string) *fakeBackend {
+		f := newFake(name, keys...)
+		f.clock, f.sign = clk.Now, true
+		return f
+	}
+	broken := fake("us-east", k)
+	flaky := fake("flaky", k)
+	flaky.err = errFake
+	ms := []*Mirror{
+		mustMirror(t, config.Mirror{Name: "eu-west", Provider: "gcs", Country: "DE", Location: atFrankfurt}, fake("eu-west", k)),
+		mustMirror(t, config.Mirror{Name: "eu-north", Provider: "s3", Country: "SE", Location: atStockholm}, fake("eu-north")),
+		mustMirror(t, config.Mirror{Name: "us-east", Provider: "s3", Country: "US", Location: atVirginia}, broken),
+		mustMirror(t, config.Mirror{Name: "asia", Country: "SG", Location: atSingapore, OnlyCountries: []string{"SG", "MY"}}, fake("asia", k)),
+		mustMirror(t, config.Mirror{Name: "old", Enabled: ptr(false)}, fake("old", k)),
+		mustMirror(t, config.Mirror{Name: "lab", Country: "SE", Weight: ptr(0)}, fake("lab", k)),
+		mustMirror(t, config.Mirror{Name: "flaky", Country: "FI", Location: &config.Location{Lat: 60.2, Lon: 24.9}}, flaky),
+		mustMirror(t, config.Mirror{Name: "v6", AddressFamily: "ipv6"}, fake("v6", k)),
+	}
+	s := NewSelector(ms, Options{Clock: clk.Now})
+	for range 3 {
+		s.Choose(t.Context(), Query{Loc: loc("81.2.69.142", "FI", 60.2, 24.9), Digest: digest(t, 2)})
+	}
+	broken.set(func(f *fakeBackend) { f.err = errFake }) // fails once, stays healthy
+	// Warm one answer so that the cached marker shows.
+	s.Choose(t.Context(), Query{Loc: loc("81.2.69.142", "DE", 50.1, 8.7), Digest: digest(t, 1)})
+
+	q := Query{Loc: withTags(loc("81.2.69.142", "SE", 59.33, 18.07), "aws:eu-north-1"), Digest: digest(t, 1), Method: "GET"}
+	q.Loc.ASN = 64500
+	e := s.Explain(t.Context(), q)
+
+	if d := s.Choose(t.Context(), q); d.Mirror != e.Decision.Mirror || d.Reason != e.Decision.Reason {
+		t.Errorf("Explain decided %s (%s), Choose %s (%s)", e.Decision.Mirror, e.Decision.Reason, name(d), d.Reason)
+	}
+
+	var text bytes.Buffer
+	if err := e.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "explain.txt", text.Bytes())
+	js, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "explain.json", append(js, '\n'))
+	for _, out := range []string{text.String(), string(js)} {
+		if strings.Contains(out, "secret") || strings.Contains(out, "Signature") {
+			t.Errorf("explanation shows a signature:\n%s", out)
+		}
+	}
+
+	t.Run("upstream", func(t *testing.T) {
+		s := NewSelector(ms[4:5], Options{Clock: clk.Now})
+		var text bytes.Buffer
+		if err := s.Explain(t.Context(), Query{Digest: digest(t, 1), Method: "HEAD"}).WriteText(&text); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "explain-upstream.txt", text.Bytes())
+	})
+}
