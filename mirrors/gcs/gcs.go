@@ -59,8 +59,8 @@ type Backend struct {
 	public  bool
 	base    url.URL // scheme and host of public and signed URLs
 	timeout time.Duration
-	// signer is set when the key file holds a private key; without it the client signs through
-	// the IAM credentials API (on Google Cloud) or whatever Application Default Credentials allow.
+	// signer is set when the mirror names a key file; without one the client signs with what
+	// Application Default Credentials offer: a key file's key, or the IAM credentials API.
 	signer *keySigner
 }
 
