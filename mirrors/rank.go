@@ -42,6 +42,18 @@ type cand struct {
 	tier       tier
 	km         float64 // +Inf when either place is unknown
 	score      float64 // weighted rendezvous score: higher wins among equals
+	place      uint64  // (lastResort, tier, km) packed so that one integer comparison orders them
+}
+
+// placeKey packs the ranking keys into one integer: the bits of a non-negative float64 (+Inf
+// included) order like the number, and dropping the lowest four of them merges only distances
+// closer than a nanometre.
+func placeKey(lastResort bool, t tier, km float64) uint64 {
+	k := uint64(t)<<59 | math.Float64bits(km)>>4
+	if lastResort {
+		k |= 1 << 63
+	}
+	return k
 }
 
 // rank returns the mirrors that may serve q appended to buf, in table order; with none, the reason
@@ -81,6 +93,7 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 		if m.hasLoc && loc.HasCoords {
 			c.km = client.km(m.point)
 		}
+		c.place = placeKey(c.lastResort, c.tier, c.km)
 		buf = append(buf, c)
 	}
 	if len(buf) == 0 {
@@ -153,18 +166,7 @@ func (s *Selector) best(cands []cand, addr uint64) int {
 	return win
 }
 
-func byPlace(a, b cand) int {
-	if a.lastResort != b.lastResort {
-		if a.lastResort {
-			return 1
-		}
-		return -1
-	}
-	if a.tier != b.tier {
-		return cmp.Compare(a.tier, b.tier)
-	}
-	return cmp.Compare(a.km, b.km)
-}
+func byPlace(a, b cand) int { return cmp.Compare(a.place, b.place) }
 
 func byScore(a, b cand) int {
 	if c := cmp.Compare(b.score, a.score); c != 0 {

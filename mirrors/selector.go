@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
 	"github.com/happy-turtle/oci-proxy/oci"
 )
@@ -84,6 +85,20 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
+}
+
+// OptionsFrom returns the Options set by the configuration's `presence` section; zero values keep
+// their defaults.
+func OptionsFrom(p config.Presence, log *slog.Logger) Options {
+	return Options{
+		Timeout:     p.Timeout,
+		HitTTL:      p.HitTTL,
+		MissTTL:     p.MissTTL,
+		CacheSize:   p.CacheSize,
+		HealthAfter: p.HealthAfter,
+		Backoff:     p.Backoff,
+		Logger:      log,
+	}
 }
 
 // Query is one blob request to place.
