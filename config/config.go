@@ -14,14 +14,17 @@ type Config struct {
 	Listen         string   `yaml:"listen"`
 	Upstream       string   `yaml:"upstream"`
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	GeoIP          GeoIP    `yaml:"geoip"`
-	CloudRanges    []Ranges `yaml:"cloud_ranges"`
-	Mirrors        []Mirror `yaml:"mirrors"`
-	Signing        Signing  `yaml:"signing"`
-	Presence       Presence `yaml:"presence"`
-	Admin          Admin    `yaml:"admin"`
-	Routes         []Route  `yaml:"routes"`
-	Sync           Sync     `yaml:"sync"`
+	// ForwardedHeader is the header the trusted proxies write: x-forwarded-for (default),
+	// forwarded (RFC 7239) or any.
+	ForwardedHeader string   `yaml:"forwarded_header"`
+	GeoIP           GeoIP    `yaml:"geoip"`
+	CloudRanges     []Ranges `yaml:"cloud_ranges"`
+	Mirrors         []Mirror `yaml:"mirrors"`
+	Signing         Signing  `yaml:"signing"`
+	Presence        Presence `yaml:"presence"`
+	Admin           Admin    `yaml:"admin"`
+	Routes          []Route  `yaml:"routes"`
+	Sync            Sync     `yaml:"sync"`
 
 	// Set by Load from the fields above; not part of the file.
 	File            string         `yaml:"-"`

@@ -92,6 +92,9 @@ func (c *Config) validate(v *validator) {
 		}
 		c.TrustedPrefixes = append(c.TrustedPrefixes, pfx)
 	}
+	if _, ok := geo.ParseHeader(c.ForwardedHeader); !ok {
+		v.at(p("forwarded_header"), "forwarded_header must be x-forwarded-for, forwarded or any, not %q", c.ForwardedHeader)
+	}
 	for i, r := range c.CloudRanges {
 		switch {
 		case r.Cloud != "aws" && r.Cloud != "gcp":

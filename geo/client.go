@@ -20,6 +20,7 @@ const (
 // ClientIP finds the address of the client behind a chain of trusted proxies. It is immutable
 // and safe for concurrent use.
 type ClientIP struct {
+	header Header
 	// A handful of prefixes, the usual case, are faster to scan than to search; a long list (a
 	// CDN's published ranges, say) goes into a trie.
 	few  []netip.Prefix
@@ -29,10 +30,42 @@ type ClientIP struct {
 // fewTrusted is where a scan stops beating the trie.
 const fewTrusted = 8
 
-// NewClientIP trusts the forwarding headers of connections from the given prefixes. With none,
-// headers are never trusted and the connection's address is always the client.
-func NewClientIP(trusted []netip.Prefix) *ClientIP {
-	var c ClientIP
+// Header says which forwarding header the trusted proxies write.
+type Header uint8
+
+const (
+	// HeaderXFF believes X-Forwarded-For only: what nearly every load balancer appends. A
+	// Forwarded header is then the client's own words and is ignored.
+	HeaderXFF Header = iota
+	// HeaderForwarded believes RFC 7239 Forwarded only.
+	HeaderForwarded
+	// HeaderAny uses Forwarded when it names a for= node, X-Forwarded-For otherwise. Safe only
+	// when the proxies strip or overwrite both headers: a proxy that appends to one passes the
+	// client's version of the other through.
+	HeaderAny
+)
+
+// ParseHeader reads a header setting: "x-forwarded-for" (or ""), "forwarded" or "any".
+func ParseHeader(s string) (Header, bool) {
+	switch strings.ToLower(s) {
+	case "", "x-forwarded-for":
+		return HeaderXFF, true
+	case "forwarded":
+		return HeaderForwarded, true
+	case "any":
+		return HeaderAny, true
+	}
+	return 0, false
+}
+
+// NewClientIP trusts the forwarding headers of connections from the given prefixes, reading both
+// headers (HeaderAny). With no prefixes, headers are never trusted and the connection's address
+// is always the client.
+func NewClientIP(trusted []netip.Prefix) *ClientIP { return NewClientIPHeader(trusted, HeaderAny) }
+
+// NewClientIPHeader is NewClientIP believing only the header h.
+func NewClientIPHeader(trusted []netip.Prefix, h Header) *ClientIP {
+	c := ClientIP{header: h}
 	var rules []NetworkRule
 	for _, p := range trusted {
 		if q, ok := normalizePrefix(p); ok {
@@ -53,7 +86,14 @@ func (c *ClientIP) FromRequest(r *http.Request) netip.Addr {
 	if !remote.IsValid() || !c.isTrusted(remote) {
 		return remote
 	}
-	return c.Resolve(remote, r.Header.Values("X-Forwarded-For"), r.Header.Values("Forwarded"))
+	var xff, fwd []string
+	if c.header != HeaderForwarded {
+		xff = r.Header.Values("X-Forwarded-For")
+	}
+	if c.header != HeaderXFF {
+		fwd = r.Header.Values("Forwarded")
+	}
+	return c.Resolve(remote, xff, fwd)
 }
 
 func parseRemoteAddr(s string) netip.Addr {

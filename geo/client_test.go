@@ -216,3 +216,36 @@ func TestResolveManyTrustedPrefixes(t *testing.T) {
 		t.Errorf("mismatch (-want +got):\n%s", diff)
 	}
 }
+
+// TestFromRequestHeaderChoice checks that only the configured header is believed: a proxy that
+// appends X-Forwarded-For passes the client's own Forwarded header through untouched.
+func TestFromRequestHeaderChoice(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	for _, tc := range []struct {
+		name   string
+		header geo.Header
+		want   string
+	}{
+		{"x-forwarded-for", geo.HeaderXFF, "81.2.69.142"},
+		{"forwarded", geo.HeaderForwarded, "89.160.20.112"},
+		{"any prefers forwarded", geo.HeaderAny, "89.160.20.112"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.RemoteAddr = "10.1.2.3:4000"
+			r.Header.Set("X-Forwarded-For", "81.2.69.142")
+			r.Header.Set("Forwarded", "for=89.160.20.112")
+			if got := geo.NewClientIPHeader(trusted, tc.header).FromRequest(r); got.String() != tc.want {
+				t.Errorf("client = %s, want %s", got, tc.want)
+			}
+		})
+	}
+	for _, s := range []string{"", "x-forwarded-for", "Forwarded", "any"} {
+		if _, ok := geo.ParseHeader(s); !ok {
+			t.Errorf("ParseHeader(%q) refused", s)
+		}
+	}
+	if _, ok := geo.ParseHeader("x-real-ip"); ok {
+		t.Errorf("ParseHeader accepted x-real-ip")
+	}
+}

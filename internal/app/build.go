@@ -30,7 +30,8 @@ type Parts struct {
 // BuildParts opens the GeoIP databases and range files and connects every mirror's backend.
 // Failures name the file or mirror.
 func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Parts, error) {
-	p := &Parts{Config: cfg, ClientIP: geo.NewClientIP(cfg.TrustedPrefixes)}
+	header, _ := geo.ParseHeader(cfg.ForwardedHeader) // validated by config
+	p := &Parts{Config: cfg, ClientIP: geo.NewClientIPHeader(cfg.TrustedPrefixes, header)}
 	if cfg.GeoIP.Database != "" || cfg.GeoIP.ASNDatabase != "" {
 		g, err := geo.OpenGeoIP(cfg.GeoIP.Database, cfg.GeoIP.ASNDatabase)
 		if err != nil {
