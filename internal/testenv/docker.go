@@ -166,7 +166,33 @@ func (d *Docker) stop() error {
 	}
 	// Leftover containerd shims would keep files busy; they are in dockerd's group.
 	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+	// dockerd leaves the bind mount of its default network namespace (exec-root/netns/default)
+	// behind once it has run a container, and a mount point cannot be removed.
+	if err := unmountUnder(d.Dir); err != nil {
+		return err
+	}
 	return os.RemoveAll(d.Dir)
+}
+
+// unmountUnder lazily unmounts every mount point below dir, deepest first.
+func unmountUnder(dir string) error {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return err
+	}
+	var points []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
+			points = append(points, f[1])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(points[i], syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", points[i], err)
+		}
+	}
+	return nil
 }
 
 // Logs returns what dockerd printed so far.
@@ -227,10 +253,14 @@ func (d *Docker) Rmi(t testing.TB, refs ...string) {
 	}
 }
 
-// Build builds the docker build context dir as tag with the classic builder.
-func (d *Docker) Build(t testing.TB, dir, tag string) string {
+// Build builds the docker build context dir as tag with the classic builder; args go before the
+// context (e.g. "--build-arg", "VERSION=1.2.3"). The image is removed when the test ends.
+func (d *Docker) Build(t testing.TB, dir, tag string, args ...string) string {
 	t.Helper()
-	return d.Cmd(t, 5*time.Minute, "build", "--tag", tag, dir)
+	a := append([]string{"build", "--tag", tag}, args...)
+	out := d.Cmd(t, 5*time.Minute, append(a, dir)...)
+	t.Cleanup(func() { d.Rmi(t, tag) })
+	return out
 }
 
 // Run runs `docker run --rm args...` to completion and returns its output. dockerd has no bridge
