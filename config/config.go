@@ -66,6 +66,10 @@ type Mirror struct {
 	BaseURL         string `yaml:"base_url"` // http provider
 	Public          bool   `yaml:"public"`   // gcs: unsigned public URLs
 	Prefix          string `yaml:"prefix"`
+	// AssumePresent skips presence checks: the mirror is known to hold every blob (kept complete
+	// by sync, or a CDN that fills itself from the upstream). A blob it lacks then fails the
+	// client's download, so use it only when that cannot happen.
+	AssumePresent bool `yaml:"assume_present"`
 
 	// Placement and scope.
 	Country          string    `yaml:"country"`

@@ -78,7 +78,18 @@ func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 	}
 	cands, why := s.rank(&q, nil, &e)
 	d := upstream(why)
-	if len(cands) > 0 {
+	switch {
+	case len(cands) == 0:
+	case q.Digest.IsZero():
+		// No blob named: rank only, and name the mirror a blob held everywhere would get.
+		s.order(cands, addrHash(q.Loc.Addr), &e)
+		best := cands[0]
+		e.Mirrors[best.idx].Chosen = true
+		d = Decision{Mirror: s.mirrors[best.idx].name, Reason: best.tier.reason(), Size: -1}
+		if !q.Loc.Known() {
+			d.Reason = ReasonNoGeo
+		}
+	default:
 		d = s.walk(ctx, &q, cands, &e)
 	}
 	e.Decision = explainDecision(d)
@@ -159,7 +170,11 @@ func (e Explanation) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "location  %s\n", strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(&b, "blob      %s %s\n", e.Method, e.Digest)
+	if e.Digest == "" {
+		fmt.Fprintf(&b, "blob      (none given: ranking only, presence not checked)\n")
+	} else {
+		fmt.Fprintf(&b, "blob      %s %s\n", e.Method, e.Digest)
+	}
 	d := e.Decision
 	fmt.Fprintf(&b, "decision  %s (%s)\n", d.Mirror, d.Reason)
 	if d.URL != "" {

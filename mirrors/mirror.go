@@ -25,6 +25,7 @@ type Mirror struct {
 	backend    Backend
 	prefix     string
 	enabled    bool
+	assumed    bool // assume_present: no presence checks
 	weight     int
 	signingTTL time.Duration
 
@@ -82,6 +83,7 @@ func NewMirror(c config.Mirror, b Backend, defaultTTL time.Duration) (*Mirror, e
 		backend:          b,
 		prefix:           c.Prefix,
 		enabled:          c.IsEnabled(),
+		assumed:          c.AssumePresent,
 		weight:           c.EffectiveWeight(),
 		country:          strings.ToUpper(c.Country),
 		continent:        strings.ToUpper(c.Continent),

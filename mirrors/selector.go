@@ -287,6 +287,12 @@ func (w *walker) check(c *cand) (Object, bool) {
 	if w.tr != nil {
 		me = &w.tr.Mirrors[c.idx]
 	}
+	if w.s.mirrors[c.idx].assumed {
+		if me != nil {
+			me.Presence = "assumed"
+		}
+		return Object{Exists: true, Size: -1}, true
+	}
 	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, &w.deadline)
 	switch {
 	case err != nil:
