@@ -198,3 +198,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	data := "upstream: https://a.example/v2/\ngeoip: {database: db/city.mmdb, asn_database: /abs/asn.mmdb}\ncloud_ranges: [{cloud: aws, file: aws.json}]\n"
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GeoIP.Database != filepath.Join(dir, "db/city.mmdb") || c.GeoIP.ASNDatabase != "/abs/asn.mmdb" || c.CloudRanges[0].File != filepath.Join(dir, "aws.json") {
+		t.Errorf("paths not resolved against the file's directory: %+v %+v", c.GeoIP, c.CloudRanges)
+	}
+}

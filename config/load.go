@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -37,7 +38,34 @@ func Load(path string, ov Overrides) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("%s: larger than %d bytes", path, MaxFileSize)
 	}
-	return Parse(path, data, ov)
+	c, err := Parse(path, data, ov)
+	if err != nil {
+		return nil, err
+	}
+	c.resolvePaths(filepath.Dir(path))
+	return c, nil
+}
+
+// resolvePaths makes the file names in the configuration relative to the directory of the file
+// that names them, so that a config works whatever directory the service starts in.
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.GeoIP.Database)
+	abs(&c.GeoIP.ASNDatabase)
+	for i := range c.CloudRanges {
+		abs(&c.CloudRanges[i].File)
+	}
+	for i := range c.Mirrors {
+		abs(&c.Mirrors[i].CredentialsFile)
+	}
+	for i := range c.Routes {
+		abs(&c.Routes[i].Auth.PasswordFile)
+	}
+	abs(&c.Sync.Webhook.TokenFile)
 }
 
 // FromEnv returns the configuration used when there is no file: the upstream alone.
