@@ -58,29 +58,37 @@ func (b *blobServer) headCount() int {
 	return b.heads
 }
 
+func geoDir(t testing.TB) string {
+	d, err := filepath.Abs("../../testdata/geoip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func testConfig(t testing.TB, eu, us *blobServer) *config.Config {
 	t.Helper()
 	yaml := fmt.Sprintf(`
 upstream: http://127.0.0.2:5000/v2/acme/images/
 trusted_proxies: ["192.0.2.0/24"]
 geoip:
-  database: ../../testdata/geoip/city.mmdb
-  asn_database: ../../testdata/geoip/asn.mmdb
+  database: %[3]s/city.mmdb
+  asn_database: %[3]s/asn.mmdb
 admin: {enabled: true}
 mirrors:
   - name: eu-west
     provider: http
-    base_url: %s/eu/
+    base_url: %[1]s/eu/
     prefix: blobs/
     country: DE
     location: {lat: 50.1, lon: 8.7}
   - name: us-east
     provider: http
-    base_url: %s/
+    base_url: %[2]s/
     country: US
     location: {lat: 38.9, lon: -77.4}
     networks: ["10.20.0.0/16"]
-`, eu.URL, us.URL)
+`, eu.URL, us.URL, geoDir(t))
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
