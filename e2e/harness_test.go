@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
@@ -86,4 +90,71 @@ func checkBlobs(t *testing.T, p testenv.Pulled, want testenv.Image) {
 			t.Errorf("blob %s missing from %s (has %v)", b, p.Dir, p.Blobs)
 		}
 	}
+}
+
+// TestRegistryOptions checks the registry options later features rely on: htpasswd auth and push
+// notifications.
+func TestRegistryOptions(t *testing.T) {
+	t.Run("htpasswd", func(t *testing.T) {
+		reg := testenv.StartRegistry(t, testenv.RegistryOptions{Users: map[string]string{"bot": "s3cret"}})
+		im := reg.PushOCIImage(t, upstreamPrefix+"/app:1.0")
+		if got := testenv.LibPull(t, im.Ref, reg.Auth).Digest; got != im.Digest {
+			t.Errorf("authenticated pull: digest %s, want %s", got, im.Digest)
+		}
+		a := do(t, "GET", reg.URL+"/v2/"+upstreamPrefix+"/app/manifests/1.0", nil)
+		if a.status != http.StatusUnauthorized {
+			t.Errorf("anonymous GET manifest: status %d, want 401", a.status)
+		}
+	})
+
+	t.Run("notifications", func(t *testing.T) {
+		events := make(chan string, 100)
+		hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var env struct {
+				Events []struct {
+					Action string `json:"action"`
+					Target struct {
+						Repository string `json:"repository"`
+						Tag        string `json:"tag"`
+						Digest     string `json:"digest"`
+					} `json:"target"`
+				} `json:"events"`
+			}
+			if r.Header.Get("Authorization") != "Bearer tok" {
+				http.Error(w, "no token", http.StatusUnauthorized)
+				return
+			}
+			if err := json.NewDecoder(r.Body).Decode(&env); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			for _, e := range env.Events {
+				select {
+				case events <- e.Action + " " + e.Target.Repository + ":" + e.Target.Tag + "@" + e.Target.Digest:
+				default: // the test has what it needs or gave up; never block the registry
+				}
+			}
+		}))
+		defer hook.Close()
+		reg := testenv.StartRegistry(t, testenv.RegistryOptions{Notify: []testenv.NotifyEndpoint{{
+			URL:           hook.URL + "/webhooks/registry",
+			Headers:       map[string][]string{"Authorization": {"Bearer tok"}},
+			IgnoreActions: []string{"pull"},
+		}}})
+		im := reg.PushOCIImage(t, upstreamPrefix+"/app:1.0")
+		want := "push " + upstreamPrefix + "/app:1.0@" + im.Digest
+		timeout := time.After(30 * time.Second)
+		var seen []string
+		for {
+			select {
+			case e := <-events:
+				if e == want {
+					return
+				}
+				seen = append(seen, e)
+			case <-timeout:
+				t.Fatalf("no %q event within 30s; got %v", want, seen)
+			}
+		}
+	})
 }
