@@ -69,6 +69,7 @@ func Main(m *testing.M) int {
 //   - --storage-driver=vfs: plain directory copies, no overlay or device-mapper kernel support and
 //     no mounts left behind; slow for big images, irrelevant for test images of a few KiB;
 //   - --data-root, --exec-root, --pidfile in a private directory: no clash with another dockerd;
+//   - --config-file with an empty file: the machine's /etc/docker/daemon.json is not read;
 //   - a short socket path directly under /tmp: dockerd puts containerd's socket in the exec root,
 //     and unix socket paths are limited to 108 bytes, which a t.TempDir path can exceed.
 //
@@ -108,7 +109,14 @@ func startDockerd(dockerd, cli string) (*Docker, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "config"), 0o700); err != nil {
 		return nil, err
 	}
+	// An empty daemon configuration: /etc/docker/daemon.json, if the machine has one, may set
+	// mirrors or options that clash with the flags below.
+	daemonJSON := filepath.Join(dir, "daemon.json")
+	if err := os.WriteFile(daemonJSON, []byte("{}\n"), 0o600); err != nil {
+		return nil, err
+	}
 	d.cmd = exec.Command(dockerd,
+		"--config-file="+daemonJSON,
 		"--iptables=false", "--ip6tables=false", "--bridge=none",
 		"--storage-driver=vfs",
 		"--data-root="+filepath.Join(dir, "data"),
