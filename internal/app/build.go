@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"errors"
+	"io"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +22,7 @@ import (
 
 // Parts are the request-path components built from a configuration; serve and resolve share them.
 type Parts struct {
+	closers  []io.Closer
 	Config   *config.Config
 	ClientIP *geo.ClientIP
 	GeoIP    *geo.GeoIP // nil without a database
@@ -54,6 +57,9 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 			p.Close()
 			return nil, err
 		}
+		if c, ok := b.(io.Closer); ok {
+			p.closers = append(p.closers, c)
+		}
 		m, err := mirrors.NewMirror(mc, b, cfg.Signing.TTL)
 		if err != nil {
 			p.Close()
@@ -73,12 +79,16 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 	return p, nil
 }
 
-// Close releases the GeoIP databases.
+// Close releases the GeoIP databases and the backends' clients.
 func (p *Parts) Close() error {
-	if p.GeoIP != nil {
-		return p.GeoIP.Close()
+	var errs []error
+	for _, c := range p.closers {
+		errs = append(errs, c.Close())
 	}
-	return nil
+	if p.GeoIP != nil {
+		errs = append(errs, p.GeoIP.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // networkRules collects each mirror's own networks (tag "net:<name>") and the cloud providers'
