@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,17 +68,30 @@ func checkAllClients(t *testing.T, ref, ggcrRef string, want testenv.Image) {
 			t.Errorf("go-containerregistry %s: digest %s, want %s", ggcrRef, p.Digest, want.Digest)
 		}
 	})
+	// Both daemons name a stored image by its config digest, which shows they stored the
+	// linux/amd64 image of an index, with the config blob fetched through the redirects.
+	wantID := want.Config
+	if len(want.Manifests) > 0 {
+		wantID = want.Child(t, "linux/amd64").Config
+	}
 	t.Run("podman", func(t *testing.T) {
-		if p := testenv.NewPodman(t).Pull(t, ref); p.Digest != want.Digest {
-			t.Errorf("podman pull %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		p := testenv.NewPodman(t)
+		if got := p.Pull(t, ref).Digest; got != want.Digest {
+			t.Errorf("podman pull %s: digest %s, want %s", ref, got, want.Digest)
+		}
+		if id := "sha256:" + strings.TrimSpace(p.Cmd(t, "image", "inspect", "--format", "{{.Id}}", ref)); id != wantID {
+			t.Errorf("podman image id %s, want the config digest %s", id, wantID)
 		}
 	})
 	t.Run("docker", func(t *testing.T) {
 		d := testenv.StartDockerd(t)
 		d.Rmi(t, ref)
 		t.Cleanup(func() { d.Rmi(t, ref) })
-		if p := d.Pull(t, ref); p.Digest != want.Digest {
-			t.Errorf("docker pull %s: digest %s, want %s", ref, p.Digest, want.Digest)
+		if got := d.Pull(t, ref).Digest; got != want.Digest {
+			t.Errorf("docker pull %s: digest %s, want %s", ref, got, want.Digest)
+		}
+		if id := strings.TrimSpace(d.Cmd(t, time.Minute, "image", "inspect", "--format", "{{.Id}}", ref)); id != wantID {
+			t.Errorf("docker image id %s, want the config digest %s", id, wantID)
 		}
 	})
 }
