@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -282,7 +281,3 @@ func LibPull(t testing.TB, ref string, auth authn.Authenticator) Pulled {
 	}
 	return Pulled{Digest: desc.Digest.String()}
 }
-
-// DigestOf returns the "@sha256:..." reference of ref's repository: DigestOf("h/app:1.0", d) =
-// "h/app@"+d.
-func DigestOf(ref, digest string) string { return fmt.Sprintf("%s@%s", repoOf(ref), digest) }
