@@ -65,7 +65,7 @@ func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logg
 		},
 	}
 	if len(cfg.Mirrors) > 0 {
-		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector}
+		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: log}
 		for _, m := range cfg.Mirrors {
 			if m.IsEnabled() {
 				opts.Index.Mirrors = append(opts.Index.Mirrors, mirrorLabel(m))

@@ -7,13 +7,20 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
+	"github.com/happy-turtle/oci-proxy/redirector"
 )
 
 const (
@@ -206,3 +213,35 @@ type nullWriter struct{ h http.Header }
 func (w *nullWriter) Header() http.Header         { return w.h }
 func (w *nullWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *nullWriter) WriteHeader(int)             {}
+
+// signingBackend holds every blob and signs like S3.
+type signingBackend struct{}
+
+func (signingBackend) Stat(context.Context, string) (mirrors.Object, error) {
+	return mirrors.Object{Exists: true, Size: 3}, nil
+}
+
+func (signingBackend) URL(_ context.Context, _, key string, ttl time.Duration) (*url.URL, time.Time, error) {
+	u, err := url.Parse("https://bucket.example/" + key + "?X-Amz-Credential=AKIDSECRET%2F20260101&X-Amz-Signature=deadbeef")
+	return u, time.Now().Add(ttl), err
+}
+
+// TestDebugLogRedactsSignatures checks that the debug log of a blob decision never carries a
+// signature, while the client gets the whole URL.
+func TestDebugLogRedactsSignatures(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m, err := mirrors.NewMirror(config.Mirror{Name: "s3", Provider: "s3", Prefix: "blobs/"}, signingBackend{}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := blobRouter{loc: geo.NewLocator(nil, nil), sel: mirrors.NewSelector([]*mirrors.Mirror{m}, mirrors.Options{}), log: log}
+	d, _ := oci.ParseDigest(blobA)
+	got := r.RouteBlob(t.Context(), redirector.BlobQuery{Client: netip.MustParseAddr("192.0.2.7"), Name: "app", Digest: d, Method: "GET"})
+	if !strings.Contains(got.URL, "X-Amz-Signature=deadbeef") {
+		t.Fatalf("client URL = %q, want the signed URL", got.URL)
+	}
+	if strings.Contains(logs.String(), "deadbeef") || strings.Contains(logs.String(), "AKIDSECRET") || !strings.Contains(logs.String(), "bucket.example/blobs/sha256/") {
+		t.Errorf("debug log = %q", logs.String())
+	}
+}

@@ -176,10 +176,22 @@ func newHTTPClient(timeout time.Duration) *http.Client {
 type blobRouter struct {
 	loc *geo.Locator
 	sel *mirrors.Selector
+	log *slog.Logger
 }
 
 func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redirector.BlobTarget {
-	d := b.sel.Choose(ctx, mirrors.Query{Loc: b.loc.Locate(q.Client), Digest: q.Digest, Method: q.Method})
+	loc := b.loc.Locate(q.Client)
+	d := b.sel.Choose(ctx, mirrors.Query{Loc: loc, Digest: q.Digest, Method: q.Method})
+	if b.log.Enabled(ctx, slog.LevelDebug) {
+		// Signed URLs are credentials for their lifetime: only their redacted form is logged.
+		target := "upstream"
+		if d.URL != nil {
+			target = mirrors.Redact(d.URL)
+		}
+		b.log.LogAttrs(ctx, slog.LevelDebug, "blob routed",
+			slog.String("mirror", d.Mirror), slog.String("reason", d.Reason),
+			slog.String("country", loc.Country), slog.String("location", target))
+	}
 	if d.Mirror == "" || d.URL == nil {
 		return redirector.BlobTarget{Reason: d.Reason}
 	}
