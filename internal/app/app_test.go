@@ -245,3 +245,52 @@ func TestDebugLogRedactsSignatures(t *testing.T) {
 		t.Errorf("debug log = %q", logs.String())
 	}
 }
+
+// TestCloudRegions checks that published cloud ranges send a client in a cloud region to the
+// mirror that claims it, whatever GeoIP says (the test addresses have no GeoIP record).
+func TestCloudRegions(t *testing.T) {
+	eu := newBlobServer(t, "", blobA)
+	us := newBlobServer(t, "", blobA)
+	cloud, err := filepath.Abs("../../testdata/cloud")
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`
+upstream: http://127.0.0.2:5000/v2/acme/
+geoip: {database: %[1]s/city.mmdb}
+cloud_ranges:
+  - {cloud: aws, file: %[2]s/aws-ip-ranges.json}
+  - {cloud: gcp, file: %[2]s/gcp-cloud.json}
+mirrors:
+  - {name: eu-west, provider: http, base_url: %[3]s, country: DE, cloud_regions: ["aws:eu-central-1", "gcp:europe-west3"]}
+  - {name: us-east, provider: http, base_url: %[4]s, country: US, cloud_regions: ["aws:us-east-1", "gcp:us-east1"]}
+`, geoDir(t), cloud, eu.URL, us.URL)
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p, config.Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(context.Background(), cfg, BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	for _, tc := range []struct{ client, mirror, reason string }{
+		{"3.80.1.2", "us-east", "network"},      // aws:us-east-1
+		{"3.5.137.1", "eu-west", "network"},     // aws:eu-central-1
+		{"35.234.70.1", "eu-west", "network"},   // gcp:europe-west3
+		{"34.23.9.9", "us-east", "network"},     // gcp:us-east1
+		{"89.160.20.112", "eu-west", "country"}, // GeoIP only
+	} {
+		req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
+		req.RemoteAddr = tc.client + ":1234"
+		rec := httptest.NewRecorder()
+		svc.Handler().ServeHTTP(rec, req)
+		if m, r := rec.Header().Get("X-Mirror"), rec.Header().Get("X-Mirror-Reason"); m != tc.mirror || r != tc.reason {
+			t.Errorf("%s: %s (%s), want %s (%s)", tc.client, m, r, tc.mirror, tc.reason)
+		}
+	}
+}
