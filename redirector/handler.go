@@ -31,6 +31,8 @@ type BlobTarget struct {
 	URL    string // absolute URL built from configured base URLs only
 	Mirror string // mirror name, for X-Mirror; ignored when URL is empty
 	Reason string // for X-Mirror-Reason, e.g. "country" or "fallback:not-present"
+	// Country is the client's country as located, for the request log only; "" when unknown.
+	Country string
 }
 
 // BlobRouter chooses where a blob request goes. It must answer (falling back to the upstream)
@@ -132,6 +134,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if rec.mirror != "" {
 			attrs = append(attrs, slog.String("mirror", rec.mirror), slog.String("reason", rec.reason))
+			if rec.country != "" {
+				attrs = append(attrs, slog.String("country", rec.country))
+			}
 		}
 		if rec.code != "" {
 			attrs = append(attrs, slog.String("code", rec.code))
@@ -206,7 +211,7 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
 			t.Reason = "no-mirrors"
 		}
 	}
-	w.mirror, w.reason = t.Mirror, t.Reason
+	w.mirror, w.reason, w.country = t.Mirror, t.Reason, t.Country
 	hd := w.Header()
 	hd["X-Mirror"] = []string{t.Mirror}
 	hd["X-Mirror-Reason"] = []string{t.Reason}
@@ -272,9 +277,9 @@ func plain(w http.ResponseWriter, r *http.Request, status int, body string) {
 // recorder remembers what was answered, for the request log and metrics.
 type recorder struct {
 	http.ResponseWriter
-	status         int
-	mirror, reason string
-	code           string
+	status                  int
+	mirror, reason, country string
+	code                    string
 }
 
 func (w *recorder) WriteHeader(status int) {

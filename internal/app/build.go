@@ -193,7 +193,7 @@ func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redir
 			slog.String("country", loc.Country), slog.String("location", target))
 	}
 	if d.Mirror == "" || d.URL == nil {
-		return redirector.BlobTarget{Reason: d.Reason}
+		return redirector.BlobTarget{Reason: d.Reason, Country: loc.Country}
 	}
-	return redirector.BlobTarget{URL: d.URL.String(), Mirror: d.Mirror, Reason: d.Reason}
+	return redirector.BlobTarget{URL: d.URL.String(), Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country}
 }
