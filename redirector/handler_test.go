@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -203,3 +204,42 @@ func TestJSONString(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestLog checks the one line per request and its fixed keys.
+func TestRequestLog(t *testing.T) {
+	var buf strings.Builder
+	h := New(Options{
+		Upstream: newTable(t),
+		Blobs:    routerFunc(func(BlobQuery) BlobTarget { return BlobTarget{Reason: "fallback:not-present", Country: "DE"} }),
+		Logger:   slog.New(slog.NewJSONHandler(&buf, nil)),
+	})
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/v2/app/blobs/sha256:"+hex64, nil))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/v2/App/manifests/1", nil))
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines, want 2:\n%s", len(lines), buf.String())
+	}
+	var blob, bad map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &blob); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &bad); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"route": "blob", "method": "GET", "status": float64(307), "mirror": "upstream", "reason": "fallback:not-present", "country": "DE"}
+	for k, v := range want {
+		if blob[k] != v {
+			t.Errorf("blob log %s = %v, want %v", k, blob[k], v)
+		}
+	}
+	if _, ok := blob["latency"]; !ok {
+		t.Errorf("blob log has no latency: %v", blob)
+	}
+	if bad["route"] != "invalid" || bad["status"] != float64(400) || bad["code"] != CodeNameInvalid {
+		t.Errorf("invalid request log = %v", bad)
+	}
+}
+
+type routerFunc func(BlobQuery) BlobTarget
+
+func (f routerFunc) RouteBlob(_ context.Context, q BlobQuery) BlobTarget { return f(q) }
