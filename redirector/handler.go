@@ -41,9 +41,18 @@ type BlobRouter interface {
 	RouteBlob(ctx context.Context, q BlobQuery) BlobTarget
 }
 
-// Observer is told about every answered request, for metrics. Kind is 0 for requests outside /v2/.
+// Observation is one answered request, for metrics. Kind is 0 for requests outside /v2/; Mirror
+// and Reason are set for blob redirects only.
+type Observation struct {
+	Kind           Kind
+	Status         int
+	Mirror, Reason string
+	Elapsed        time.Duration
+}
+
+// Observer is told about every answered request.
 type Observer interface {
-	Observe(kind Kind, method string, status int, mirror string, elapsed time.Duration)
+	Observe(o Observation)
 }
 
 // Options configure a Handler. Only Upstream is required.
@@ -123,7 +132,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	kind := h.serve(rec, r)
 	elapsed := h.now().Sub(start)
 	if h.opts.Observer != nil {
-		h.opts.Observer.Observe(kind, r.Method, rec.status, rec.mirror, elapsed)
+		h.opts.Observer.Observe(Observation{Kind: kind, Status: rec.status, Mirror: rec.mirror, Reason: rec.reason, Elapsed: elapsed})
 	}
 	if h.log.Enabled(r.Context(), slog.LevelInfo) {
 		attrs := []slog.Attr{

@@ -44,7 +44,8 @@ func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logg
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, parts: parts}
-	mount := map[string]http.Handler{}
+	metrics := NewMetrics(info, parts.Selector)
+	mount := map[string]http.Handler{"/metrics": metrics.Handler()}
 	if cfg.Admin.Enabled {
 		admin := http.NewServeMux()
 		admin.Handle("/_/resolve", resolveHandler(parts, log))
@@ -58,6 +59,7 @@ func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logg
 		Upstream:   ups,
 		ClientAddr: parts.ClientIP.FromRequest,
 		Mount:      mount,
+		Observer:   metrics,
 		Logger:     log,
 		Index: redirector.IndexInfo{
 			Upstream: ups.Routes()[len(ups.Routes())-1].String(),

@@ -1,0 +1,138 @@
+package app
+
+import (
+	"net/http"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/redirector"
+)
+
+// kinds are the route kinds, indexed by redirector.Kind; labels come only from small fixed sets
+// (route kind, status class, mirror name, reason), never from a repository, digest or address.
+var kinds = []redirector.Kind{0, redirector.KindBase, redirector.KindManifest, redirector.KindTags,
+	redirector.KindReferrers, redirector.KindBlob, redirector.KindInvalid}
+
+var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// Metrics records requests for Prometheus. Every series it can touch on the request path is
+// created up front, so observing costs a few atomic adds and no label hashing.
+type Metrics struct {
+	reg       *prometheus.Registry
+	requests  [][len(statusClasses)]prometheus.Counter // [kind][status class]
+	durations []prometheus.Observer                     // [kind]
+	blobs     map[[2]string]prometheus.Counter          // {mirror, reason}
+	blobVec   *prometheus.CounterVec
+}
+
+// reasons are every X-Mirror-Reason the selector and the redirector give.
+var reasons = []string{
+	mirrors.ReasonNetwork, mirrors.ReasonCountry, mirrors.ReasonContinent, mirrors.ReasonDistance,
+	mirrors.ReasonWeight, mirrors.ReasonNoGeo, mirrors.ReasonNotPresent, mirrors.ReasonNoMirror,
+	mirrors.ReasonUnhealthy, mirrors.ReasonError, "no-mirrors",
+}
+
+// NewMetrics registers the service's metrics for the mirrors of sel (nil: none).
+func NewMetrics(info BuildInfo, sel *mirrors.Selector) *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "oci_proxy_build_info",
+		Help:        "Build of the running oci-proxy; always 1.",
+		ConstLabels: prometheus.Labels{"version": info.Version, "commit": info.Commit, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	reqVec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oci_proxy_requests_total",
+		Help: "Requests answered, by route kind and status class.",
+	}, []string{"route", "status"})
+	durVec := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "oci_proxy_request_duration_seconds",
+		Help:    "Time to answer a request, by route kind.",
+		Buckets: []float64{.00001, .00005, .0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5},
+	}, []string{"route"})
+	blobVec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oci_proxy_blob_redirects_total",
+		Help: "Blob redirects, by mirror (\"upstream\" for the upstream) and X-Mirror-Reason.",
+	}, []string{"mirror", "reason"})
+	reg.MustRegister(build, reqVec, durVec, blobVec)
+
+	m := &Metrics{reg: reg, blobs: map[[2]string]prometheus.Counter{}, blobVec: blobVec}
+	for _, k := range kinds {
+		var row [len(statusClasses)]prometheus.Counter
+		for i, c := range statusClasses {
+			row[i] = reqVec.WithLabelValues(k.String(), c)
+		}
+		m.requests = append(m.requests, row)
+		m.durations = append(m.durations, durVec.WithLabelValues(k.String()))
+	}
+	names := []string{"upstream"}
+	if sel != nil {
+		for _, mr := range sel.Mirrors() {
+			names = append(names, mr.Name())
+		}
+		reg.MustRegister(healthCollector{sel: sel, desc: prometheus.NewDesc(
+			"oci_proxy_mirror_healthy", "1 while the mirror is a candidate, 0 while it is set aside after failures.",
+			[]string{"mirror"}, nil)})
+	}
+	for _, n := range names {
+		for _, r := range reasons {
+			m.blobs[[2]string{n, r}] = blobVec.WithLabelValues(n, r)
+		}
+	}
+	return m
+}
+
+// Observe implements redirector.Observer.
+func (m *Metrics) Observe(o redirector.Observation) {
+	k := int(o.Kind)
+	if k >= len(m.requests) {
+		k = 0
+	}
+	if c := o.Status/100 - 1; c >= 0 && c < len(statusClasses) {
+		m.requests[k][c].Inc()
+	}
+	m.durations[k].Observe(o.Elapsed.Seconds())
+	if o.Mirror != "" {
+		c, ok := m.blobs[[2]string{o.Mirror, o.Reason}]
+		if !ok {
+			// Not reachable with the reasons above; kept bounded by the same fixed sets anyway.
+			c = m.blobVec.WithLabelValues(o.Mirror, "other")
+		}
+		c.Inc()
+	}
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// healthCollector reads the mirrors' health when scraped, so the request path pays nothing.
+type healthCollector struct {
+	sel  *mirrors.Selector
+	desc *prometheus.Desc
+}
+
+func (c healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, h := range c.sel.Health() {
+		if !h.Enabled {
+			continue
+		}
+		v := 0.0
+		if h.Healthy {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, h.Name)
+	}
+}
+

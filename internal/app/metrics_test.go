@@ -1,0 +1,59 @@
+package app
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestMetrics checks that /metrics counts requests by route and status class, blob redirects by
+// mirror and reason, and reports mirror health, with no repository, digest or address in a label.
+func TestMetrics(t *testing.T) {
+	eu := newBlobServer(t, "eu/blobs/", blobA)
+	us := newBlobServer(t, "", blobA)
+	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{Version: "1.2.3", Commit: "abc"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	get := func(target, xff string) {
+		req := httptest.NewRequest("GET", target, nil)
+		req.RemoteAddr = "192.0.2.1:1"
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		svc.Handler().ServeHTTP(httptest.NewRecorder(), req)
+	}
+	get("/v2/secret-repo/manifests/1.0", "")
+	get("/v2/secret-repo/blobs/"+blobA, "89.160.20.112")
+	get("/v2/secret-repo/blobs/"+blobA, "89.160.20.112")
+	get("/v2/secret-repo/blobs/"+blobB, "89.160.20.112")
+	get("/v2/BAD/manifests/1.0", "")
+
+	rec := httptest.NewRecorder()
+	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	text := string(body)
+	for _, want := range []string{
+		`oci_proxy_requests_total{route="manifest",status="3xx"} 1`,
+		`oci_proxy_requests_total{route="blob",status="3xx"} 3`,
+		`oci_proxy_requests_total{route="invalid",status="4xx"} 1`,
+		`oci_proxy_blob_redirects_total{mirror="eu-west",reason="country"} 2`,
+		`oci_proxy_blob_redirects_total{mirror="upstream",reason="fallback:not-present"} 1`,
+		`oci_proxy_request_duration_seconds_count{route="blob"} 3`,
+		`oci_proxy_mirror_healthy{mirror="eu-west"} 1`,
+		`oci_proxy_build_info{commit="abc",goversion=`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, leak := range []string{"secret-repo", "89.160.20.112", strings.TrimPrefix(blobA, "sha256:")} {
+		if strings.Contains(text, leak) {
+			t.Errorf("metrics contain %q", leak)
+		}
+	}
+}
