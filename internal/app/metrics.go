@@ -24,8 +24,8 @@ var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 type Metrics struct {
 	reg       *prometheus.Registry
 	requests  [][len(statusClasses)]prometheus.Counter // [kind][status class]
-	durations []prometheus.Observer                     // [kind]
-	blobs     map[[2]string]prometheus.Counter          // {mirror, reason}
+	durations []prometheus.Observer                    // [kind]
+	blobs     map[[2]string]prometheus.Counter         // {mirror, reason}
 	blobVec   *prometheus.CounterVec
 }
 
@@ -135,4 +135,3 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, h.Name)
 	}
 }
-
