@@ -2,14 +2,8 @@ package e2e
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,7 +98,7 @@ func startStorage(t *testing.T) *storage {
 	s.s3Creds = s.s3.CredentialsFile(t, "default")
 	s.gcs = startFakeGCS(t)
 	s.gcs.CreateBucket(t, mirrorBucket)
-	s.gcsSA, s.gcsKey = serviceAccountKey(t)
+	s.gcsSA, s.gcsKey = testenv.ServiceAccountKey(t)
 	s.web = startStaticMirror(t, webHost)
 	s.reg = testenv.StartRegistry(t, testenv.RegistryOptions{})
 	return s
@@ -145,37 +138,6 @@ func startFakeGCS(t *testing.T) *testenv.GCSServer {
 		"-backend", "memory", "-public-host", host, "-log-level", "info")
 	testenv.WaitHTTP(t, g.Proc, g.URL+"/storage/v1/b")
 	return g
-}
-
-// serviceAccountKey writes a service-account JSON key with a fresh RSA key, as the IAM console
-// issues them. The proxy signs GCS URLs with it.
-func serviceAccountKey(t *testing.T) (string, *rsa.PrivateKey) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := json.Marshal(map[string]string{
-		"type":           "service_account",
-		"project_id":     "oci-proxy-e2e",
-		"private_key_id": "0123456789abcdef",
-		"private_key":    string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
-		"client_email":   "mirror@oci-proxy-e2e.iam.gserviceaccount.com",
-		"client_id":      "1234567890",
-		"token_uri":      "https://oauth2.googleapis.com/token",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "service-account.json")
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p, key
 }
 
 // blobKey is a blob's object key in every mirror: prefix + "sha256/" + hex (docs/CONFIG.md).
@@ -518,11 +480,11 @@ func TestStorageSignedURLs(t *testing.T) {
 		if u.Host != s.gcs.Host {
 			t.Fatalf("GCS URL host %q, want fake-gcs-server's %q", u.Host, s.gcs.Host)
 		}
-		if err := verifyGoogV4(u, http.MethodGet, &s.gcsKey.PublicKey); err != nil {
+		if err := testenv.VerifyGCSV4(u, http.MethodGet, &s.gcsKey.PublicKey); err != nil {
 			t.Errorf("GCS URL signature: %v", err)
 		}
 		other, _ := rsa.GenerateKey(rand.Reader, 2048)
-		if verifyGoogV4(u, http.MethodGet, &other.PublicKey) == nil {
+		if testenv.VerifyGCSV4(u, http.MethodGet, &other.PublicKey) == nil {
 			t.Error("GCS URL signature verifies with an unrelated key")
 		}
 		if status, body := fetch(t, http.MethodGet, u.String()); status != http.StatusOK || testenv.SHA256Digest(body) != layer {
@@ -798,65 +760,6 @@ func (s *storage) s3Size(t *testing.T, digest string) int64 {
 		t.Fatalf("S3 object of %s: %v", digest, err)
 	}
 	return fi.Size()
-}
-
-// verifyGoogV4 checks a V4 signed GCS URL for method as Cloud Storage does (Google's "Canonical
-// requests" and "Signatures" pages): it rebuilds the canonical request from the URL, derives the
-// string to sign and checks the RSA-SHA256 signature with the service account's public key.
-// fake-gcs-server checks none of this.
-func verifyGoogV4(u *url.URL, method string, pub *rsa.PublicKey) error {
-	q := u.Query()
-	if got := q.Get("X-Goog-Algorithm"); got != "GOOG4-RSA-SHA256" {
-		return fmt.Errorf("algorithm %q", got)
-	}
-	if got := q.Get("X-Goog-SignedHeaders"); got != "host" {
-		return fmt.Errorf("signed headers %q, want only host", got)
-	}
-	var params []string
-	for k, vs := range q {
-		if k == "X-Goog-Signature" {
-			continue
-		}
-		for _, v := range vs {
-			params = append(params, uriEscape(k, false)+"="+uriEscape(v, false))
-		}
-	}
-	sort.Strings(params)
-	creq := strings.Join([]string{
-		method,
-		uriEscape(u.Path, true),
-		strings.Join(params, "&"),
-		// The Go client signs the host without its port.
-		"host:" + u.Hostname(),
-		"",
-		"host",
-		"UNSIGNED-PAYLOAD",
-	}, "\n")
-	_, scope, ok := strings.Cut(q.Get("X-Goog-Credential"), "/")
-	if !ok || !strings.HasSuffix(scope, "/storage/goog4_request") {
-		return fmt.Errorf("credential %q", q.Get("X-Goog-Credential"))
-	}
-	sum := sha256.Sum256([]byte(creq))
-	sts := "GOOG4-RSA-SHA256\n" + q.Get("X-Goog-Date") + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
-	sig, err := hex.DecodeString(q.Get("X-Goog-Signature"))
-	if err != nil {
-		return fmt.Errorf("signature is not hex: %w", err)
-	}
-	digest := sha256.Sum256([]byte(sts))
-	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
-}
-
-// uriEscape is V4 signing's percent-encoding: all but the unreserved characters, "/" kept in paths.
-func uriEscape(s string, keepSlash bool) string {
-	var sb strings.Builder
-	for _, c := range []byte(s) {
-		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~", c) >= 0 || keepSlash && c == '/' {
-			sb.WriteByte(c)
-		} else {
-			fmt.Fprintf(&sb, "%%%02X", c)
-		}
-	}
-	return sb.String()
 }
 
 // skopeoCopy copies one image to a dir: directory within timeout and returns the directory.

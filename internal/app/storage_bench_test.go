@@ -2,11 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -17,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
 // storageFake answers what the S3 and GCS clients ask during a presence check: a HEAD on the
@@ -36,35 +32,11 @@ func storageFake(b *testing.B) *httptest.Server {
 	return srv
 }
 
-func serviceAccountKey(b *testing.B) string {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: must(x509.MarshalPKCS8PrivateKey(key))})
-	data, _ := json.Marshal(map[string]string{
-		"type": "service_account", "project_id": "p", "private_key_id": "k1",
-		"private_key": string(pemKey), "client_email": "proxy@p.iam.gserviceaccount.com", "client_id": "1",
-		"token_uri": "http://127.0.0.1:1/token",
-	})
-	p := filepath.Join(b.TempDir(), "sa.json")
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	return p
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
 // BenchmarkBlobRedirectWarmStorage is a full blob redirect to an S3 and to a GCS mirror with
 // presence and signed URL cached: what a hot layer costs.
 func BenchmarkBlobRedirectWarmStorage(b *testing.B) {
 	srv := storageFake(b)
+	keyFile, _ := testenv.ServiceAccountKey(b)
 	b.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
 	b.Setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
 	b.Setenv("AWS_CA_BUNDLE", "")
@@ -85,7 +57,7 @@ mirrors:
     bucket: eu
     credentials_file: %[3]s
     country: DE
-`, geoDir(b), srv.URL, serviceAccountKey(b))
+`, geoDir(b), srv.URL, keyFile)
 	p := filepath.Join(b.TempDir(), "c.yaml")
 	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
 		b.Fatal(err)

@@ -29,7 +29,7 @@ func TestFakeGCS(t *testing.T) {
 	srv.CreateBucket(t, bucket)
 	blob := bytes.Repeat([]byte("layer data "), 1000)
 	srv.Upload(t, bucket, testKey, blob)
-	keyFile, key := serviceAccount(t)
+	keyFile, key := testenv.ServiceAccountKey(t)
 
 	signed := newBackend(t, config.Mirror{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
 	public := newBackend(t, config.Mirror{Name: "fake-public", Bucket: bucket, Public: true}, Options{})
@@ -91,7 +91,7 @@ func TestFakeGCS(t *testing.T) {
 				t.Errorf("URL host %s, want the emulator %s", u.Host, srv.Host)
 			}
 			if tt.b == signed {
-				if err := verifyV4(u, tt.method, &key.PublicKey); err != nil {
+				if err := testenv.VerifyGCSV4(u, tt.method, &key.PublicKey); err != nil {
 					t.Errorf("signature does not verify: %v", err)
 				}
 			}

@@ -2,12 +2,9 @@ package gcs
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -16,16 +13,16 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
 const (
-	testEmail = "mirror-signer@oci-proxy-test.iam.gserviceaccount.com"
+	testEmail = testenv.ServiceAccountEmail
 	testKey   = "blobs/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 )
 
@@ -38,41 +35,6 @@ func isolateGCS(t *testing.T) {
 	t.Setenv("CLOUDSDK_CONFIG", t.TempDir())
 	// Keeps the metadata-server probe from waiting on a network that is not Google Cloud.
 	t.Setenv("GCE_METADATA_HOST", "127.0.0.1:1")
-}
-
-// serviceAccount writes a service-account JSON key with a fresh RSA key, as the IAM console
-// issues them, and returns its path and the key.
-func serviceAccount(t testing.TB) (string, *rsa.PrivateKey) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa := map[string]string{
-		"type":                        "service_account",
-		"project_id":                  "oci-proxy-test",
-		"private_key_id":              "0123456789abcdef",
-		"private_key":                 string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
-		"client_email":                testEmail,
-		"client_id":                   "1234567890",
-		"auth_uri":                    "https://accounts.google.com/o/oauth2/auth",
-		"token_uri":                   "https://oauth2.googleapis.com/token",
-		"auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
-		"universe_domain":             "googleapis.com",
-	}
-	data, err := json.Marshal(sa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "sa.json")
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p, key
 }
 
 func newBackend(t testing.TB, m config.Mirror, opts Options) *Backend {
@@ -98,73 +60,9 @@ func sign(t *testing.T, b *Backend, method, key string, ttl time.Duration) (*url
 	return u, exp
 }
 
-// uriEscape is the percent-encoding of V4 signing: everything but the unreserved characters,
-// and "/" kept in paths.
-func uriEscape(s string, keepSlash bool) string {
-	var sb strings.Builder
-	for _, c := range []byte(s) {
-		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~", c) >= 0 || keepSlash && c == '/' {
-			sb.WriteByte(c)
-		} else {
-			fmt.Fprintf(&sb, "%%%02X", c)
-		}
-	}
-	return sb.String()
-}
-
-// verifyV4 checks a signed URL for method the way Cloud Storage does, following Google's
-// "Canonical requests" and "Signatures" pages rather than the client's code: it rebuilds the
-// canonical request from the URL alone, derives the string to sign, and checks the RSA-SHA256
-// signature with the service account's public key.
-func verifyV4(u *url.URL, method string, pub *rsa.PublicKey) error {
-	q := u.Query()
-	if got := q.Get("X-Goog-Algorithm"); got != "GOOG4-RSA-SHA256" {
-		return fmt.Errorf("algorithm %q", got)
-	}
-	if got := q.Get("X-Goog-SignedHeaders"); got != "host" {
-		return fmt.Errorf("signed headers %q, want only host (clients send no other)", got)
-	}
-	var params []string
-	for k, vs := range q {
-		if k == "X-Goog-Signature" {
-			continue
-		}
-		for _, v := range vs {
-			params = append(params, uriEscape(k, false)+"="+uriEscape(v, false))
-		}
-	}
-	sort.Strings(params)
-	creq := strings.Join([]string{
-		method,
-		uriEscape(u.Path, true),
-		strings.Join(params, "&"),
-		// The client signs the host without a port; URLs for Cloud Storage itself never have one.
-		"host:" + u.Hostname(),
-		"",
-		"host",
-		"UNSIGNED-PAYLOAD",
-	}, "\n")
-	email, scope, ok := strings.Cut(q.Get("X-Goog-Credential"), "/")
-	if !ok || email == "" || strings.Count(scope, "/") != 3 || !strings.HasSuffix(scope, "/storage/goog4_request") {
-		return fmt.Errorf("credential %q", q.Get("X-Goog-Credential"))
-	}
-	date := q.Get("X-Goog-Date")
-	if !strings.HasPrefix(date, scope[:8]) {
-		return fmt.Errorf("date %s outside the scope %s", date, scope)
-	}
-	sum := sha256.Sum256([]byte(creq))
-	sts := "GOOG4-RSA-SHA256\n" + date + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
-	sig, err := hex.DecodeString(q.Get("X-Goog-Signature"))
-	if err != nil {
-		return fmt.Errorf("signature is not hex: %w", err)
-	}
-	digest := sha256.Sum256([]byte(sts))
-	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig)
-}
-
 func TestSignedURL(t *testing.T) {
 	isolateGCS(t)
-	keyFile, key := serviceAccount(t)
+	keyFile, key := testenv.ServiceAccountKey(t)
 	tests := []struct {
 		name     string
 		emulator string
@@ -200,21 +98,21 @@ func TestSignedURL(t *testing.T) {
 			if exp.Before(before.Add(ttl-time.Second)) || exp.After(after.Add(ttl)) {
 				t.Errorf("expiry %s not within [%s, %s]", exp, before.Add(ttl-time.Second), after.Add(ttl))
 			}
-			if err := verifyV4(u, tt.method, &key.PublicKey); err != nil {
+			if err := testenv.VerifyGCSV4(u, tt.method, &key.PublicKey); err != nil {
 				t.Fatalf("signature for %s does not verify: %v", tt.method, err)
 			}
 			other := http.MethodHead
 			if tt.method == http.MethodHead {
 				other = http.MethodGet
 			}
-			if verifyV4(u, other, &key.PublicKey) == nil {
+			if testenv.VerifyGCSV4(u, other, &key.PublicKey) == nil {
 				t.Errorf("a %s URL verifies for %s", tt.method, other)
 			}
 			otherKey, err := rsa.GenerateKey(rand.Reader, 2048)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if verifyV4(u, tt.method, &otherKey.PublicKey) == nil {
+			if testenv.VerifyGCSV4(u, tt.method, &otherKey.PublicKey) == nil {
 				t.Errorf("the URL verifies with another key")
 			}
 			for _, tamper := range []struct {
@@ -231,7 +129,7 @@ func TestSignedURL(t *testing.T) {
 			} {
 				c := *u
 				tamper.fn(&c)
-				if verifyV4(&c, tt.method, &key.PublicKey) == nil {
+				if testenv.VerifyGCSV4(&c, tt.method, &key.PublicKey) == nil {
 					t.Errorf("tampered %s still verifies: %s", tamper.name, c.Redacted())
 				}
 			}
@@ -284,7 +182,7 @@ func TestPublicURL(t *testing.T) {
 
 func TestURLErrors(t *testing.T) {
 	isolateGCS(t)
-	keyFile, _ := serviceAccount(t)
+	keyFile, _ := testenv.ServiceAccountKey(t)
 	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
 	tests := []struct {
 		name   string
@@ -312,7 +210,7 @@ func TestURLErrors(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	isolateGCS(t)
-	_, key := serviceAccount(t)
+	_, key := testenv.ServiceAccountKey(t)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	write := func(t *testing.T, body string) string {
@@ -369,7 +267,7 @@ func TestNewErrors(t *testing.T) {
 // the emulator; TestFakeGCS covers the real protocol.
 func TestStatStatus(t *testing.T) {
 	isolateGCS(t)
-	keyFile, _ := serviceAccount(t)
+	keyFile, _ := testenv.ServiceAccountKey(t)
 	tests := []struct {
 		status   int
 		want     bool
@@ -449,7 +347,7 @@ func TestStatDeadline(t *testing.T) {
 
 func BenchmarkSignV4(b *testing.B) {
 	b.Setenv("STORAGE_EMULATOR_HOST", "")
-	keyFile, _ := serviceAccount(b)
+	keyFile, _ := testenv.ServiceAccountKey(b)
 	be := newBackend(b, config.Mirror{Name: "m", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -465,12 +363,12 @@ func BenchmarkSignV4(b *testing.B) {
 // Credentials rather than the mirror's credentials_file: the client reads the key itself.
 func TestSignedURLWithADC(t *testing.T) {
 	isolateGCS(t)
-	keyFile, key := serviceAccount(t)
+	keyFile, key := testenv.ServiceAccountKey(t)
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
 	b := newBackend(t, config.Mirror{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		u, _ := sign(t, b, method, testKey, time.Minute)
-		if err := verifyV4(u, method, &key.PublicKey); err != nil {
+		if err := testenv.VerifyGCSV4(u, method, &key.PublicKey); err != nil {
 			t.Errorf("%s: signature does not verify: %v", method, err)
 		}
 		if !strings.HasPrefix(u.Query().Get("X-Goog-Credential"), testEmail+"/") {
