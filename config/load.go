@@ -68,9 +68,12 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Sync.Webhook.TokenFile)
 }
 
+// EnvFile is Config.File for a configuration built from the environment alone.
+const EnvFile = "(environment)"
+
 // FromEnv returns the configuration used when there is no file: the upstream alone.
 func FromEnv(ov Overrides) (*Config, error) {
-	return Parse("(environment)", nil, ov)
+	return Parse(EnvFile, nil, ov)
 }
 
 // Parse decodes and validates data as read from file (used in messages).

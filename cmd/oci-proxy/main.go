@@ -38,6 +38,7 @@ const usage = `oci-proxy gives container images a domain of their own.
 
 Usage:
   oci-proxy serve    --config FILE [--listen ADDR] [--log-format text|json] [--log-level LEVEL]
+                     [--reload-interval 5s]   (SIGHUP also reloads)
   oci-proxy validate --config FILE
   oci-proxy resolve  --config FILE --ip ADDR [--digest DIGEST] [--method GET|HEAD] [--json]
   oci-proxy version
@@ -106,10 +107,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 // loadConfig loads the file, or, without one, runs on the UpstreamRegistry variable alone.
 func loadConfig(path, listen string) (*config.Config, error) {
-	ov := config.Overrides{Upstream: os.Getenv("UpstreamRegistry"), Listen: listen}
-	if ov.Listen == "" && os.Getenv("PORT") != "" {
-		ov.Listen = ":" + os.Getenv("PORT")
-	}
+	ov := overrides(listen)
 	if path == "" {
 		if ov.Upstream == "" {
 			return nil, errors.New("no configuration: pass --config FILE or set UpstreamRegistry")
@@ -119,12 +117,22 @@ func loadConfig(path, listen string) (*config.Config, error) {
 	return config.Load(path, ov)
 }
 
+// overrides are the settings of the environment and command line that beat the file's.
+func overrides(listen string) config.Overrides {
+	ov := config.Overrides{Upstream: os.Getenv("UpstreamRegistry"), Listen: listen}
+	if ov.Listen == "" && os.Getenv("PORT") != "" {
+		ov.Listen = ":" + os.Getenv("PORT")
+	}
+	return ov
+}
+
 func serve(args []string, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	cfgPath := fs.String("config", "", "configuration file (YAML)")
 	listen := fs.String("listen", "", "address to listen on (overrides the file and $PORT)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	reloadEvery := fs.Duration("reload-interval", app.DefaultReloadInterval, "how often to check the config file and the files it names for changes (0: only on SIGHUP)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -143,6 +151,22 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer svc.Close()
+	if *cfgPath != "" {
+		svc.Watch(*cfgPath, overrides(*listen), *reloadEvery)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					_ = svc.Reload(ctx) // logged by Reload; the running configuration stays on error
+				}
+			}
+		}()
+	}
 	return svc.Run(ctx)
 }
 

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
@@ -23,59 +24,92 @@ type BuildInfo struct {
 	Version, Commit, Date string
 }
 
-// Service is a built, not yet running, oci-proxy.
+// Service is a built oci-proxy. Its configuration lives in a generation that a reload replaces
+// atomically: requests in flight finish on the generation they started with.
 type Service struct {
-	cfg     *config.Config
 	log     *slog.Logger
+	info    BuildInfo
+	metrics *Metrics
+	cur     atomic.Pointer[generation]
+
+	// Set by Watch; a service without them is never reloaded.
+	path  string
+	ov    config.Overrides
+	every time.Duration
+
+	runCtx context.Context // set by Run, for the background work of later generations
+
+	reloadMu sync.Mutex // one reload at a time
+	failed   stamps     // the files of the last refused reload, so it is not retried until they change
+}
+
+// generation is everything built from one configuration.
+type generation struct {
+	cfg     *config.Config
 	parts   *Parts
 	handler http.Handler
-	admin   http.Handler // on its own listener when cfg.Admin.Listen is set
+	admin   http.Handler // nil unless the admin endpoints are on their own listener
+	files   stamps
+	stop    context.CancelFunc // stops the selector's probes; set once running
 }
 
 // New builds the service from cfg. Everything that can fail (files, databases, backends) fails
 // here, with the file or mirror named, before any port is opened.
 func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logger) (*Service, error) {
+	s := &Service{log: log, info: info}
+	g, err := s.build(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.SetSelector(g.parts.Selector)
+	s.cur.Store(g)
+	return s, nil
+}
+
+func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, error) {
 	ups, err := UpstreamTable(cfg)
 	if err != nil {
 		return nil, err
 	}
-	parts, err := BuildParts(ctx, cfg, log)
+	parts, err := BuildParts(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, parts: parts}
-	metrics := NewMetrics(info, parts.Selector)
-	mount := map[string]http.Handler{"/metrics": metrics.Handler()}
+	if s.metrics == nil {
+		s.metrics = NewMetrics(s.info)
+	}
+	g := &generation{cfg: cfg, parts: parts, files: fileStamps(cfg)}
+	mount := map[string]http.Handler{"/metrics": s.metrics.Handler()}
 	if cfg.Admin.Enabled {
 		admin := http.NewServeMux()
-		admin.Handle("/_/resolve", resolveHandler(parts, log))
+		admin.Handle("/_/resolve", resolveHandler(parts, s.log))
 		if cfg.Admin.Listen == "" {
 			mount["/_/resolve"] = admin
 		} else {
-			s.admin = admin
+			g.admin = admin
 		}
 	}
 	opts := redirector.Options{
 		Upstream:   ups,
 		ClientAddr: parts.ClientIP.FromRequest,
 		Mount:      mount,
-		Observer:   metrics,
-		Logger:     log,
+		Observer:   s.metrics,
+		Logger:     s.log,
 		Index: redirector.IndexInfo{
 			Upstream: ups.Routes()[len(ups.Routes())-1].String(),
-			Version:  info.Version,
+			Version:  s.info.Version,
 		},
 	}
 	if len(cfg.Mirrors) > 0 {
-		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: log}
+		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log}
 		for _, m := range cfg.Mirrors {
 			if m.IsEnabled() {
 				opts.Index.Mirrors = append(opts.Index.Mirrors, mirrorLabel(m))
 			}
 		}
 	}
-	s.handler = redirector.New(opts)
-	return s, nil
+	g.handler = redirector.New(opts)
+	return g, nil
 }
 
 func mirrorLabel(m config.Mirror) string {
@@ -98,11 +132,25 @@ func UpstreamTable(cfg *config.Config) (*upstream.Table, error) {
 	return t, nil
 }
 
-// Handler returns the HTTP handler (for tests and benchmarks).
-func (s *Service) Handler() http.Handler { return s.handler }
+// Handler returns the HTTP handler: it serves each request with the current generation.
+func (s *Service) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	s.cur.Load().handler.ServeHTTP(w, r)
+}
+
+// serveAdmin serves the admin listener; after a reload that turned the admin endpoints off (or
+// onto the main listener) it answers 404.
+func (s *Service) serveAdmin(w http.ResponseWriter, r *http.Request) {
+	if a := s.cur.Load().admin; a != nil {
+		a.ServeHTTP(w, r)
+		return
+	}
+	http.NotFound(w, r)
+}
 
 // Close releases databases and clients.
-func (s *Service) Close() error { return s.parts.Close() }
+func (s *Service) Close() error { return s.cur.Load().parts.Close() }
 
 // Timeouts of the HTTP server. Every answer is a small redirect or error, so requests and responses
 // are tiny; the limits only have to outlast slow networks, not big bodies.
@@ -130,28 +178,51 @@ func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 }
 
 // Run serves until ctx ends, then shuts down gracefully: in-flight requests finish (up to 20 s).
+// With Watch, it also reloads the configuration when its files change.
 func (s *Service) Run(ctx context.Context) error {
-	srv := NewServer(s.cfg.Listen, s.handler, s.log)
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	g := s.cur.Load()
+	cfg := g.cfg
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	srvs, lns := []*http.Server{srv}, []net.Listener{ln}
-	if s.admin != nil {
-		aln, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	srvs := []*http.Server{NewServer(cfg.Listen, s.Handler(), s.log)}
+	lns := []net.Listener{ln}
+	if g.admin != nil {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("listen on %s (admin): %w", s.cfg.Admin.Listen, err)
+			return fmt.Errorf("listen on %s (admin): %w", cfg.Admin.Listen, err)
 		}
-		srvs = append(srvs, NewServer(s.cfg.Admin.Listen, s.admin, s.log))
+		srvs = append(srvs, NewServer(cfg.Admin.Listen, http.HandlerFunc(s.serveAdmin), s.log))
 		lns = append(lns, aln)
 		s.log.Info("admin endpoints", "listen", aln.Addr().String())
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go s.parts.Selector.Run(ctx)
-	s.log.Info("serving", "listen", ln.Addr().String(), "upstream", s.cfg.Upstream, "mirrors", len(s.cfg.Mirrors))
-	return serve(ctx, s.log, srvs, lns)
+	s.reloadMu.Lock()
+	s.runCtx = ctx
+	g = s.cur.Load()
+	s.start(ctx, g)
+	s.reloadMu.Unlock()
+	if s.path != "" && s.every > 0 {
+		go s.watch(ctx)
+	}
+	s.log.Info("serving", "listen", ln.Addr().String(), "upstream", cfg.Upstream, "mirrors", len(cfg.Mirrors))
+	err = serve(ctx, s.log, srvs, lns)
+	s.reloadMu.Lock()
+	if g := s.cur.Load(); g.stop != nil {
+		g.stop()
+	}
+	s.reloadMu.Unlock()
+	return err
+}
+
+// start runs g's background work (mirror probes) until ctx ends or g is replaced.
+func (s *Service) start(ctx context.Context, g *generation) {
+	gctx, stop := context.WithCancel(ctx)
+	g.stop = stop
+	go g.parts.Selector.Run(gctx)
 }
 
 func serve(ctx context.Context, log *slog.Logger, srvs []*http.Server, lns []net.Listener) error {

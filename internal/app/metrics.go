@@ -3,6 +3,7 @@ package app
 import (
 	"net/http"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -25,8 +26,13 @@ type Metrics struct {
 	reg       *prometheus.Registry
 	requests  [][len(statusClasses)]prometheus.Counter // [kind][status class]
 	durations []prometheus.Observer                    // [kind]
-	blobs     map[[2]string]prometheus.Counter         // {mirror, reason}
 	blobVec   *prometheus.CounterVec
+	reloads   *prometheus.CounterVec
+	lastOK    prometheus.Gauge
+
+	// Replaced together when a reload changes the mirror table.
+	blobs atomic.Pointer[map[[2]string]prometheus.Counter] // {mirror, reason}
+	sel   atomic.Pointer[mirrors.Selector]
 }
 
 // reasons are every X-Mirror-Reason the selector and the redirector give.
@@ -36,8 +42,8 @@ var reasons = []string{
 	mirrors.ReasonUnhealthy, mirrors.ReasonError, "no-mirrors",
 }
 
-// NewMetrics registers the service's metrics for the mirrors of sel (nil: none).
-func NewMetrics(info BuildInfo, sel *mirrors.Selector) *Metrics {
+// NewMetrics registers the service's metrics; SetSelector names the mirrors.
+func NewMetrics(info BuildInfo) *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -62,9 +68,20 @@ func NewMetrics(info BuildInfo, sel *mirrors.Selector) *Metrics {
 		Name: "oci_proxy_blob_redirects_total",
 		Help: "Blob redirects, by mirror (\"upstream\" for the upstream) and X-Mirror-Reason.",
 	}, []string{"mirror", "reason"})
-	reg.MustRegister(build, reqVec, durVec, blobVec)
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oci_proxy_config_reloads_total",
+		Help: "Configuration reloads, by result (ok, refused).",
+	}, []string{"result"})
+	lastOK := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "oci_proxy_config_last_reload_success_timestamp_seconds",
+		Help: "When the running configuration was loaded.",
+	})
+	lastOK.SetToCurrentTime()
+	reg.MustRegister(build, reqVec, durVec, blobVec, reloads, lastOK)
 
-	m := &Metrics{reg: reg, blobs: map[[2]string]prometheus.Counter{}, blobVec: blobVec}
+	m := &Metrics{reg: reg, blobVec: blobVec, reloads: reloads, lastOK: lastOK}
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("refused")
 	for _, k := range kinds {
 		var row [len(statusClasses)]prometheus.Counter
 		for i, c := range statusClasses {
@@ -73,21 +90,38 @@ func NewMetrics(info BuildInfo, sel *mirrors.Selector) *Metrics {
 		m.requests = append(m.requests, row)
 		m.durations = append(m.durations, durVec.WithLabelValues(k.String()))
 	}
+	reg.MustRegister(healthCollector{m: m, desc: prometheus.NewDesc(
+		"oci_proxy_mirror_healthy", "1 while the mirror is a candidate, 0 while it is set aside after failures.",
+		[]string{"mirror"}, nil)})
+	m.SetSelector(nil)
+	return m
+}
+
+// SetSelector makes the metrics follow sel's mirrors (nil: none).
+func (m *Metrics) SetSelector(sel *mirrors.Selector) {
 	names := []string{"upstream"}
 	if sel != nil {
 		for _, mr := range sel.Mirrors() {
 			names = append(names, mr.Name())
 		}
-		reg.MustRegister(healthCollector{sel: sel, desc: prometheus.NewDesc(
-			"oci_proxy_mirror_healthy", "1 while the mirror is a candidate, 0 while it is set aside after failures.",
-			[]string{"mirror"}, nil)})
 	}
+	blobs := map[[2]string]prometheus.Counter{}
 	for _, n := range names {
 		for _, r := range reasons {
-			m.blobs[[2]string{n, r}] = blobVec.WithLabelValues(n, r)
+			blobs[[2]string{n, r}] = m.blobVec.WithLabelValues(n, r)
 		}
 	}
-	return m
+	m.blobs.Store(&blobs)
+	m.sel.Store(sel)
+}
+
+func (m *Metrics) reloaded(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("ok").Inc()
+		m.lastOK.SetToCurrentTime()
+		return
+	}
+	m.reloads.WithLabelValues("refused").Inc()
 }
 
 // Observe implements redirector.Observer.
@@ -101,7 +135,7 @@ func (m *Metrics) Observe(o redirector.Observation) {
 	}
 	m.durations[k].Observe(o.Elapsed.Seconds())
 	if o.Mirror != "" {
-		c, ok := m.blobs[[2]string{o.Mirror, o.Reason}]
+		c, ok := (*m.blobs.Load())[[2]string{o.Mirror, o.Reason}]
 		if !ok {
 			// Not reachable with the reasons above; kept bounded by the same fixed sets anyway.
 			c = m.blobVec.WithLabelValues(o.Mirror, "other")
@@ -117,14 +151,18 @@ func (m *Metrics) Handler() http.Handler {
 
 // healthCollector reads the mirrors' health when scraped, so the request path pays nothing.
 type healthCollector struct {
-	sel  *mirrors.Selector
+	m    *Metrics
 	desc *prometheus.Desc
 }
 
 func (c healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, h := range c.sel.Health() {
+	sel := c.m.sel.Load()
+	if sel == nil {
+		return
+	}
+	for _, h := range sel.Health() {
 		if !h.Enabled {
 			continue
 		}
