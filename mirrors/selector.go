@@ -110,11 +110,13 @@ type Query struct {
 
 // Decision is where a blob request goes.
 type Decision struct {
-	Mirror  string   // "" means the upstream
-	URL     *url.URL // nil for the upstream; shared between requests, so never modify it
-	Reason  string   // the X-Mirror-Reason value, one of the Reason constants
-	Size    int64    // from the presence check; -1 when unknown
-	Expires time.Time
+	Mirror string   // "" means the upstream
+	URL    *url.URL // nil for the upstream; shared between requests, so never modify it
+	// Location is URL as a string, rendered once per URL rather than once per request.
+	Location string
+	Reason   string // the X-Mirror-Reason value, one of the Reason constants
+	Size     int64  // from the presence check; -1 when unknown
+	Expires  time.Time
 }
 
 // The reasons a Decision gives. A mirror was chosen for the first rank it won on; the fallbacks
@@ -161,6 +163,7 @@ type urlKey struct {
 
 type signedURL struct {
 	u       *url.URL
+	s       string // u.String(), rendered once: a signed URL is about a kilobyte
 	expires time.Time
 }
 
@@ -334,7 +337,7 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	if !w.known {
 		reason = ReasonNoGeo
 	}
-	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Reason: reason, Size: obj.Size, Expires: su.expires}, true
+	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Location: su.s, Reason: reason, Size: obj.Size, Expires: su.expires}, true
 }
 
 // present reports whether mirror i holds d, from the cache or from one merged backend check.
@@ -375,7 +378,7 @@ func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, dead
 			s.failed(i, err)
 			return nil, err
 		}
-		su := signedURL{u: u, expires: exp}
+		su := signedURL{u: u, s: u.String(), expires: exp}
 		now := s.now()
 		reuse := now.Add(s.opts.HitTTL)
 		if !exp.IsZero() {

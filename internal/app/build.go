@@ -195,5 +195,5 @@ func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redir
 	if d.Mirror == "" || d.URL == nil {
 		return redirector.BlobTarget{Reason: d.Reason, Country: loc.Country}
 	}
-	return redirector.BlobTarget{URL: d.URL.String(), Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country}
+	return redirector.BlobTarget{URL: d.Location, Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country}
 }
