@@ -1,15 +1,13 @@
 package testenv
 
 import (
-	"context"
-	"errors"
 	"net"
-	"net/http"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"slices"
+	"strings"
 	"testing"
-	"time"
 )
 
 // Front stands in for a load balancer or CDN edge in front of the service: a reverse proxy on a
@@ -34,6 +32,28 @@ func (f *Front) Ref(repoAndRef string) string { return f.Addr + "/" + repoAndRef
 // included, pass through unchanged. The front stops with the test.
 func StartFront(t testing.TB, host, client, target string) *Front {
 	t.Helper()
+	return startFront(t, host, client, target, func(r *httputil.ProxyRequest) {
+		// Rewrite has already dropped the incoming forwarding headers: the front is the edge,
+		// and what it writes is all the service may believe.
+		r.Out.Header.Set("X-Forwarded-For", client)
+	})
+}
+
+// StartChainFront is StartFront for a front that is one hop of a chain: it keeps the
+// X-Forwarded-For the request carried (every header of it, joined) and appends client, as a load
+// balancer appends the address its client connected from. The service must then believe only the
+// hops right of its trusted proxies.
+func StartChainFront(t testing.TB, host, client, target string) *Front {
+	t.Helper()
+	return startFront(t, host, client, target, func(r *httputil.ProxyRequest) {
+		hops := append(slices.Clone(r.In.Header.Values("X-Forwarded-For")), client)
+		r.Out.Header.Set("X-Forwarded-For", strings.Join(hops, ", "))
+	})
+}
+
+// startFront starts a front whose forwarding headers forwarded writes.
+func startFront(t testing.TB, host, client, target string, forwarded func(*httputil.ProxyRequest)) *Front {
+	t.Helper()
 	h, err := netip.ParseAddr(host)
 	if err != nil {
 		t.Fatalf("front address %q: %v", host, err)
@@ -49,37 +69,14 @@ func StartFront(t testing.TB, host, client, target string) *Front {
 	if err != nil {
 		t.Fatalf("front on %s: %v", host, err)
 	}
-	dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: h.AsSlice()}}
-	transport := &http.Transport{
-		DialContext:           dialer.DialContext,
-		ResponseHeaderTimeout: time.Minute,
-		IdleConnTimeout:       30 * time.Second,
-		MaxIdleConnsPerHost:   16,
-	}
-	rp := &httputil.ReverseProxy{
+	transport := transportFrom(t, host)
+	t.Cleanup(transport.CloseIdleConnections)
+	serve(t, ln, &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(tu)
-			// Rewrite has already dropped the incoming forwarding headers: the front is the
-			// edge, and what it writes is all the service may believe.
-			r.Out.Header.Set("X-Forwarded-For", client)
+			forwarded(r)
 		},
 		Transport: transport,
-	}
-	srv := &http.Server{
-		Handler:           rp,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       time.Minute,
-	}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("front %s: %v", ln.Addr(), err)
-		}
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		transport.CloseIdleConnections()
 	})
 	addr := ln.Addr().String()
 	return &Front{Addr: addr, URL: "http://" + addr, Host: h, Client: client}

@@ -116,7 +116,7 @@ func (m *MirrorServer) Since(mark int) []Access {
 }
 
 // ServeHTTP records the request before answering it, so that a client that has its answer is
-// always in the log.
+// always in the log, with the status it got.
 func (m *MirrorServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	local, _ := r.Context().Value(localAddrKey{}).(string)
 	m.mu.Lock()
@@ -127,10 +127,9 @@ func (m *MirrorServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusMethodNotAllowed
 	case !ok:
 		status = http.StatusNotFound
-	case r.Header.Get("Range") != "":
-		status = http.StatusPartialContent // or 416: only the log's detail
 	}
 	m.log = append(m.log, Access{Method: r.Method, Path: r.URL.Path, Local: local, Status: status})
+	entry := len(m.log) - 1
 	m.mu.Unlock()
 	switch status {
 	case http.StatusMethodNotAllowed:
@@ -139,7 +138,23 @@ func (m *MirrorServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case http.StatusNotFound:
 		http.NotFound(w, r)
 	default:
+		// ServeContent chooses the status (206 for a range, 416 for one past the end, ...):
+		// the log takes it before the client can see it.
 		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+		http.ServeContent(&statusLogger{ResponseWriter: w, m: m, entry: entry}, r, "", time.Time{}, bytes.NewReader(data))
 	}
+}
+
+// statusLogger writes the status of a response into its entry of the log.
+type statusLogger struct {
+	http.ResponseWriter
+	m     *MirrorServer
+	entry int
+}
+
+func (s *statusLogger) WriteHeader(code int) {
+	s.m.mu.Lock()
+	s.m.log[s.entry].Status = code
+	s.m.mu.Unlock()
+	s.ResponseWriter.WriteHeader(code)
 }
