@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -94,31 +93,10 @@ var noRedirects = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-type answer struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func do(t *testing.T, method, rawURL string, header http.Header) answer {
+// do sends a request with header, not following redirects, and returns the whole answer.
+func do(t *testing.T, method, rawURL string, header http.Header) testenv.Answer {
 	t.Helper()
-	req, err := http.NewRequest(method, rawURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := noRedirects.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, rawURL, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read body: %v", method, rawURL, err)
-	}
-	return answer{resp.StatusCode, resp.Header, body}
+	return testenv.Send(t, noRedirects, testenv.NewRequest(t, method, rawURL, header))
 }
 
 // sameURL compares URLs with their query decoded, so that the proxy may re-encode or reorder a
@@ -184,10 +162,10 @@ func TestHTTPContract(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := do(t, tc.method, c.proxy.URL+tc.path, accept)
-			if a.status != tc.wantStatus {
-				t.Fatalf("%s %s: status %d, want %d; body %s", tc.method, tc.path, a.status, tc.wantStatus, a.body)
+			if a.Status != tc.wantStatus {
+				t.Fatalf("%s %s: status %d, want %d; body %s", tc.method, tc.path, a.Status, tc.wantStatus, a.Body)
 			}
-			loc := a.header.Get("Location")
+			loc := a.Header.Get("Location")
 			switch {
 			case tc.wantLocation == "" && loc != "":
 				t.Errorf("Location %q, want none", loc)
@@ -197,12 +175,12 @@ func TestHTTPContract(t *testing.T) {
 				t.Errorf("Location %q is not under the upstream %q", loc, c.base)
 			}
 			for k, v := range tc.wantHeader {
-				if got := a.header.Get(k); got != v {
+				if got := a.Header.Get(k); got != v {
 					t.Errorf("%s: %q, want %q", k, got, v)
 				}
 			}
-			if tc.path == "/v2/" && tc.method == "GET" && strings.TrimSpace(string(a.body)) != "{}" {
-				t.Errorf("body %q, want {}", a.body)
+			if tc.path == "/v2/" && tc.method == "GET" && strings.TrimSpace(string(a.Body)) != "{}" {
+				t.Errorf("body %q, want {}", a.Body)
 			}
 			if tc.wantCode != "" {
 				checkErrorBody(t, a, tc.wantCode)
@@ -212,9 +190,9 @@ func TestHTTPContract(t *testing.T) {
 }
 
 // checkErrorBody checks a registry error answer: JSON with the given code first.
-func checkErrorBody(t *testing.T, a answer, code string) {
+func checkErrorBody(t *testing.T, a testenv.Answer, code string) {
 	t.Helper()
-	if ct := a.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+	if ct := a.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("Content-Type %q, want application/json", ct)
 	}
 	var e struct {
@@ -223,11 +201,11 @@ func checkErrorBody(t *testing.T, a answer, code string) {
 			Message string `json:"message"`
 		} `json:"errors"`
 	}
-	if err := json.Unmarshal(a.body, &e); err != nil || len(e.Errors) == 0 {
-		t.Fatalf("error body %q: not {\"errors\":[...]} (%v)", a.body, err)
+	if err := json.Unmarshal(a.Body, &e); err != nil || len(e.Errors) == 0 {
+		t.Fatalf("error body %q: not {\"errors\":[...]} (%v)", a.Body, err)
 	}
 	if e.Errors[0].Code != code {
-		t.Errorf("error code %q, want %q (body %s)", e.Errors[0].Code, code, a.body)
+		t.Errorf("error code %q, want %q (body %s)", e.Errors[0].Code, code, a.Body)
 	}
 }
 
@@ -237,13 +215,13 @@ func TestRedirectsReachUpstream(t *testing.T) {
 	c := startCore(t)
 	accept := http.Header{"Accept": {manifestAccept}}
 
-	follow := func(t *testing.T, method, path string) answer {
+	follow := func(t *testing.T, method, path string) testenv.Answer {
 		t.Helper()
 		a := do(t, method, c.proxy.URL+path, accept)
-		if a.status != http.StatusTemporaryRedirect {
-			t.Fatalf("%s %s: status %d, want 307; body %s", method, path, a.status, a.body)
+		if a.Status != http.StatusTemporaryRedirect {
+			t.Fatalf("%s %s: status %d, want 307; body %s", method, path, a.Status, a.Body)
 		}
-		loc := a.header.Get("Location")
+		loc := a.Header.Get("Location")
 		if !strings.HasPrefix(loc, c.base) {
 			t.Fatalf("%s %s: Location %q is not under the upstream %q", method, path, loc, c.base)
 		}
@@ -256,18 +234,18 @@ func TestRedirectsReachUpstream(t *testing.T) {
 	}{{"app", c.app}, {"multi", c.multi}, {"legacy", c.legacy}} {
 		t.Run("manifest-"+im.repo, func(t *testing.T) {
 			a := follow(t, "HEAD", "/v2/"+im.repo+"/manifests/1.0")
-			if a.status != http.StatusOK {
-				t.Fatalf("upstream HEAD: status %d", a.status)
+			if a.Status != http.StatusOK {
+				t.Fatalf("upstream HEAD: status %d", a.Status)
 			}
-			if got := a.header.Get("Docker-Content-Digest"); got != im.want.Digest {
+			if got := a.Header.Get("Docker-Content-Digest"); got != im.want.Digest {
 				t.Errorf("Docker-Content-Digest %q, want %q", got, im.want.Digest)
 			}
-			if got := a.header.Get("Content-Type"); got != string(im.want.MediaType) {
+			if got := a.Header.Get("Content-Type"); got != string(im.want.MediaType) {
 				t.Errorf("Content-Type %q, want %q", got, im.want.MediaType)
 			}
 			g := follow(t, "GET", "/v2/"+im.repo+"/manifests/"+im.want.Digest)
-			if g.status != http.StatusOK || testenv.SHA256Digest(g.body) != im.want.Digest {
-				t.Errorf("upstream GET by digest: status %d, content %s, want %s", g.status, testenv.SHA256Digest(g.body), im.want.Digest)
+			if g.Status != http.StatusOK || testenv.SHA256Digest(g.Body) != im.want.Digest {
+				t.Errorf("upstream GET by digest: status %d, content %s, want %s", g.Status, testenv.SHA256Digest(g.Body), im.want.Digest)
 			}
 		})
 	}
@@ -279,10 +257,10 @@ func TestRedirectsReachUpstream(t *testing.T) {
 				repo = "multi"
 			}
 			a := follow(t, "GET", "/v2/"+repo+"/blobs/"+b)
-			if a.status != http.StatusOK {
-				t.Fatalf("blob %s: upstream status %d", b, a.status)
+			if a.Status != http.StatusOK {
+				t.Fatalf("blob %s: upstream status %d", b, a.Status)
 			}
-			h := sha256.Sum256(a.body)
+			h := sha256.Sum256(a.Body)
 			if got := "sha256:" + hex.EncodeToString(h[:]); got != b {
 				t.Errorf("blob %s: got content with digest %s", b, got)
 			}
@@ -291,15 +269,15 @@ func TestRedirectsReachUpstream(t *testing.T) {
 
 	t.Run("tags-list", func(t *testing.T) {
 		a := follow(t, "GET", "/v2/app/tags/list?n=10")
-		if a.status != http.StatusOK {
-			t.Fatalf("upstream tags/list: status %d: %s", a.status, a.body)
+		if a.Status != http.StatusOK {
+			t.Fatalf("upstream tags/list: status %d: %s", a.Status, a.Body)
 		}
 		var tl struct {
 			Name string   `json:"name"`
 			Tags []string `json:"tags"`
 		}
-		if err := json.Unmarshal(a.body, &tl); err != nil {
-			t.Fatalf("tags/list body %q: %v", a.body, err)
+		if err := json.Unmarshal(a.Body, &tl); err != nil {
+			t.Fatalf("tags/list body %q: %v", a.Body, err)
 		}
 		// distribution 2.8 ignores n (pagination of tags came with 3.0), so only the Location
 		// checks in TestHTTPContract show the query is kept; here the upstream must answer.

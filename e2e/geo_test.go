@@ -8,8 +8,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -142,13 +140,13 @@ type geoEnv struct {
 	role    map[string]string   // digest -> "app layer 2", for messages
 
 	proxy  *testenv.Proxy
-	fronts map[string]string // "DE" -> "127.0.0.11:PORT"
+	fronts map[string]*testenv.Front // "DE" -> the front on 127.0.0.11
 
 	// named is a second proxy in front of the same registry and mirrors, whose upstream and
 	// mirrors are named by localhost rather than by IP literals: go-containerregistry clients
 	// (crane) refuse a redirect to another host's loopback IP literal (see checkAllClients).
 	named       *testenv.Proxy
-	namedFronts map[string]string
+	namedFronts map[string]*testenv.Front
 }
 
 // startGeo starts everything; withNamed adds the proxy for go-containerregistry clients.
@@ -210,7 +208,7 @@ func startGeo(t *testing.T, withNamed bool) *geoEnv {
 
 	g.proxy, g.fronts = g.startProxy(t, bin, g.reg.URL, geoFrontHosts, func(s *testenv.MirrorServer) string { return s.URLs[0] })
 	if withNamed {
-		up := startForwarder(t, g.reg.URL)
+		up := "http://" + testenv.Forward(t, g.reg.Host)
 		g.named, g.namedFronts = g.startProxy(t, bin, up, geoNamedFrontHosts, func(s *testenv.MirrorServer) string {
 			_, port, err := net.SplitHostPort(strings.TrimPrefix(s.URLs[1], "http://"))
 			if err != nil {
@@ -224,7 +222,7 @@ func startGeo(t *testing.T, withNamed bool) *geoEnv {
 
 // startProxy starts oci-proxy with registry (scheme://host:port) as its upstream, the mirrors at
 // the URLs base gives, trusting exactly frontHosts, and starts those fronts.
-func (g *geoEnv) startProxy(t *testing.T, bin, registry string, frontHosts map[string]string, base func(*testenv.MirrorServer) string) (*testenv.Proxy, map[string]string) {
+func (g *geoEnv) startProxy(t *testing.T, bin, registry string, frontHosts map[string]string, base func(*testenv.MirrorServer) string) (*testenv.Proxy, map[string]*testenv.Front) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "upstream: %s/v2/%s/\n", registry, upstreamPrefix)
@@ -247,13 +245,9 @@ func (g *geoEnv) startProxy(t *testing.T, bin, registry string, frontHosts map[s
 	// A loaded test machine must not turn a slow presence check into a fallback.
 	b.WriteString("presence:\n  timeout: 5s\n")
 	p := testenv.StartProxy(t, bin, b.String())
-	target, err := url.Parse(p.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fronts := map[string]string{}
+	fronts := map[string]*testenv.Front{}
 	for c, host := range frontHosts {
-		fronts[c] = startFront(t, host, target, geoFrontPlaces[c].addr)
+		fronts[c] = testenv.StartChainFront(t, host, geoFrontPlaces[c].addr, p.URL)
 	}
 	return p, fronts
 }
@@ -318,91 +312,6 @@ func (g *geoEnv) upstreamURL(repo, d string) string {
 	return g.reg.URL + "/v2/" + upstreamPrefix + "/" + repo + "/blobs/" + d
 }
 
-// startFront starts a reverse proxy on host that forwards to target from host itself (so that the
-// proxy sees host as the connection's address) and appends clientAddr to X-Forwarded-For, as a
-// load balancer appends the address its client connected from. It returns "host:port".
-func startFront(t *testing.T, host string, target *url.URL, clientAddr string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("front on %s: %v", host, err)
-	}
-	tr := hopTransport(host)
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			hops := append(pr.In.Header.Values("X-Forwarded-For"), clientAddr)
-			pr.Out.Header.Set("X-Forwarded-For", strings.Join(hops, ", "))
-		},
-		Transport: tr,
-	}
-	serveUntilCleanup(t, l, rp)
-	t.Cleanup(tr.CloseIdleConnections)
-	return l.Addr().String()
-}
-
-// startForwarder serves target (scheme://host:port) on localhost, for clients that follow
-// redirects only to host names. It returns "http://localhost:PORT".
-func startForwarder(t *testing.T, target string) string {
-	t.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveUntilCleanup(t, l, httputil.NewSingleHostReverseProxy(u))
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return "http://localhost:" + port
-}
-
-func serveUntilCleanup(t *testing.T, l net.Listener, h http.Handler) {
-	t.Helper()
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
-		WriteTimeout:      2 * time.Minute,
-		IdleTimeout:       time.Minute,
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(l) // ErrServerClosed after Shutdown; nothing else ends it
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			_ = srv.Close()
-		}
-		<-done
-	})
-}
-
-// hopTransport dials from src, a loopback address: connections then come from that "host".
-func hopTransport(src string) *http.Transport {
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	if src != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-	}
-	return &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 4}
-}
-
-// hopClient is a client connecting from src ("" lets the kernel pick 127.0.0.1) that shows the
-// proxy's own answers.
-func hopClient(t *testing.T, src string) *http.Client {
-	tr := hopTransport(src)
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{
-		Transport:     tr,
-		Timeout:       10 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
-
 // geoAnswer is what the proxy answered to a blob request.
 type geoAnswer struct {
 	Status   int
@@ -413,20 +322,8 @@ type geoAnswer struct {
 
 func geoAsk(t *testing.T, c *http.Client, method, u string, header http.Header) geoAnswer {
 	t.Helper()
-	req, err := http.NewRequest(method, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	return geoAnswer{resp.StatusCode, resp.Header.Get("X-Mirror"), resp.Header.Get("X-Mirror-Reason"), resp.Header.Get("Location")}
+	a := testenv.Send(t, c, testenv.NewRequest(t, method, u, header))
+	return geoAnswer{a.Status, a.Header.Get("X-Mirror"), a.Header.Get("X-Mirror-Reason"), a.Header.Get("Location")}
 }
 
 // checkAnswer checks a's redirect of blob d (in repo) against one of the mirrors want and reason;
@@ -471,7 +368,7 @@ func xff(v string) http.Header { return http.Header{"X-Forwarded-For": {v}} }
 // region; and `oci-proxy resolve`.
 func TestGeoAnswers(t *testing.T) {
 	g := startGeo(t, false)
-	front := hopClient(t, geoFrontHosts["DE"]) // a trusted front's own address
+	front := testenv.NoRedirectClient(t, geoFrontHosts["DE"]) // a trusted front's own address
 	blob := func(repo, d string) string { return g.proxy.URL + "/v2/" + repo + "/blobs/" + d }
 
 	t.Run("places", func(t *testing.T) {
@@ -513,8 +410,8 @@ func TestGeoAnswers(t *testing.T) {
 	// them.
 	t.Run("forwarding", func(t *testing.T) {
 		cfg, l2, l3 := g.app.Config, g.app.Layers[2], g.app.Layers[3]
-		local := hopClient(t, "")          // 127.0.0.1, as the kernel picks
-		other := hopClient(t, "127.0.0.9") // another untrusted host
+		local := testenv.NoRedirectClient(t, "")          // 127.0.0.1, as the kernel picks
+		other := testenv.NoRedirectClient(t, "127.0.0.9") // another untrusted host
 		for _, tc := range []struct {
 			name   string
 			c      *http.Client
@@ -552,10 +449,10 @@ func TestGeoAnswers(t *testing.T) {
 		// Through a real front: the client's own X-Forwarded-For is kept on the left, and the
 		// front's hop decides.
 		t.Run("front-appends", func(t *testing.T) {
-			c := hopClient(t, "")
+			c := testenv.NoRedirectClient(t, "")
 			for pl, fr := range g.fronts {
 				want, reason := geoFrontPlaces[pl].expect(g.holders[l2])
-				a := geoAsk(t, c, "GET", "http://"+fr+"/v2/app/blobs/"+l2, xff(placeBR.addr))
+				a := geoAsk(t, c, "GET", fr.URL+"/v2/app/blobs/"+l2, xff(placeBR.addr))
 				g.checkAnswer(t, fmt.Sprintf("GET %s through the %s front", l2, pl), a, "app", l2, want, reason, false)
 			}
 		})
@@ -783,7 +680,7 @@ func TestGeoPulls(t *testing.T) {
 			if tc.repo == "multi" && (tc.client == "docker" || tc.client == "podman") {
 				fetched = amd.Blobs() // the daemon's own platform only
 			}
-			ref := g.fronts[tc.front] + "/" + tc.repo + ":1.0"
+			ref := g.fronts[tc.front].Ref(tc.repo + ":1.0")
 			pl := geoFrontPlaces[tc.front]
 			mk := g.mark()
 			switch tc.client {
@@ -800,17 +697,10 @@ func TestGeoPulls(t *testing.T) {
 				}
 			case "skopeo":
 				p := testenv.NewSkopeo(t).Copy(t, ref)
-				if len(want.Manifests) == 0 && p.Digest != want.Digest {
-					t.Errorf("skopeo copy %s: digest %s, want %s", ref, p.Digest, want.Digest)
-				}
-				for _, c := range want.Manifests {
-					if !slices.Contains(p.Manifests, c.Digest) {
-						t.Errorf("skopeo copy %s: image %s (%s) missing, got %v", ref, c.Digest, c.Platform, p.Manifests)
-					}
-				}
+				checkSkopeoCopy(t, ref, p, want)
 				checkBlobs(t, p, want)
 			case "crane":
-				ref = g.namedFronts[tc.front] + "/" + tc.repo + ":1.0"
+				ref = g.namedFronts[tc.front].Ref(tc.repo + ":1.0")
 				p := testenv.NewCrane(t).Pull(t, ref)
 				if p.Digest != want.Digest {
 					t.Errorf("crane pull %s: digest %s, want %s", ref, p.Digest, want.Digest)

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,7 +73,7 @@ type storage struct {
 	gcs     *testenv.GCSServer
 	gcsKey  *rsa.PrivateKey
 	gcsSA   string // service-account JSON key file holding gcsKey
-	web     *staticMirror
+	web     *testenv.MirrorServer
 	geoip   string
 }
 
@@ -99,7 +97,7 @@ func startStorage(t *testing.T) *storage {
 	s.gcs = startFakeGCS(t)
 	s.gcs.CreateBucket(t, mirrorBucket)
 	s.gcsSA, s.gcsKey = testenv.ServiceAccountKey(t)
-	s.web = startStaticMirror(t, webHost)
+	s.web = testenv.StartMirrorServer(t, webHost)
 	s.reg = testenv.StartRegistry(t, testenv.RegistryOptions{})
 	return s
 }
@@ -154,7 +152,7 @@ func (s *storage) put(t *testing.T, digest string, data []byte) {
 	key := blobKey(digest)
 	s.s3.PutObject(t, mirrorBucket, key, data)
 	s.gcs.Upload(t, mirrorBucket, key, data)
-	s.web.put(t, key, data)
+	s.web.Put("/"+key, data)
 }
 
 // mirrorImage copies every blob of im (of every platform of an index) from the registry into all
@@ -226,10 +224,10 @@ func (s *storage) direct() endpoints {
 func (s *storage) named(t *testing.T) endpoints {
 	t.Helper()
 	return endpoints{
-		upstream: "http://" + forward(t, s.reg.Host) + "/v2/" + upstreamPrefix + "/",
-		s3:       "http://" + forward(t, s.s3.Host),
-		gcs:      rewriteHost(t, s.gcs.URL),
-		web:      "http://" + forward(t, s.web.Addr) + "/" + mirrorPrefix,
+		upstream: "http://" + testenv.Forward(t, s.reg.Host) + "/v2/" + upstreamPrefix + "/",
+		s3:       "http://" + testenv.Forward(t, s.s3.Host),
+		gcs:      testenv.ForwardHTTP(t, s.gcs.URL),
+		web:      "http://" + testenv.Forward(t, strings.TrimPrefix(s.web.URL, "http://")) + "/" + mirrorPrefix,
 	}
 }
 
@@ -345,14 +343,8 @@ func TestStoragePulls(t *testing.T) {
 				got = testenv.NewPodman(t).Pull(t, ref)
 			case "skopeo":
 				got = testenv.NewSkopeo(t).Copy(t, ref)
-				for _, c := range p.want.Manifests {
-					if !slices.Contains(got.Manifests, c.Digest) {
-						t.Errorf("skopeo copy %s: image %s (%s) missing, got %v", ref, c.Digest, c.Platform, got.Manifests)
-					}
-				}
-				if len(p.want.Manifests) > 0 {
-					got.Digest = p.want.Digest // skopeo rewrites an index; its images are checked above
-				}
+				checkSkopeoCopy(t, ref, got, p.want)
+				got.Digest = p.want.Digest // checked above, with skopeo's rewriting of an index
 			case "crane":
 				ref = namedFronts[p.from.name].Ref(p.ref)
 				got = testenv.NewCrane(t).Pull(t, ref)
@@ -503,16 +495,8 @@ func TestStorageSignedURLs(t *testing.T) {
 	t.Run("forwarded-for-only-from-fronts", func(t *testing.T) {
 		// Straight to the proxy from 127.0.0.1, which it does not trust: the header claiming
 		// Germany must be ignored, so the client cannot be located at all.
-		req, err := http.NewRequest(http.MethodGet, proxy.URL+blobPath+layer, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("X-Forwarded-For", fromDE.client)
-		resp, err := noFollow.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		resp := testenv.Send(t, noRedirects, testenv.NewRequest(t, http.MethodGet, proxy.URL+blobPath+layer,
+			http.Header{"X-Forwarded-For": {fromDE.client}}))
 		if got := resp.Header.Get("X-Mirror-Reason"); got != "fallback:no-geo" {
 			t.Errorf("X-Mirror-Reason %q for an untrusted X-Forwarded-For, want fallback:no-geo (X-Mirror %q)",
 				got, resp.Header.Get("X-Mirror"))
@@ -665,12 +649,6 @@ func TestStorageMirrorDown(t *testing.T) {
 	})
 }
 
-// noFollow shows the proxy's own answers.
-var noFollow = &http.Client{
-	Timeout:       10 * time.Second,
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
-
 // redirectAnswer is the proxy's answer to a blob request.
 type redirectAnswer struct {
 	status  int
@@ -692,19 +670,11 @@ func (a redirectAnswer) location(t *testing.T) *url.URL {
 // blobRedirect asks for a blob without following the redirect and times the answer.
 func blobRedirect(t *testing.T, method, rawURL string) redirectAnswer {
 	t.Helper()
-	req, err := http.NewRequest(method, rawURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req := testenv.NewRequest(t, method, rawURL, nil)
 	start := time.Now()
-	resp, err := noFollow.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, rawURL, err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp := testenv.Send(t, noRedirects, req)
 	a := redirectAnswer{
-		status: resp.StatusCode, loc: resp.Header.Get("Location"), latency: time.Since(start),
+		status: resp.Status, loc: resp.Header.Get("Location"), latency: time.Since(start),
 		mirror: resp.Header.Get("X-Mirror"), reason: resp.Header.Get("X-Mirror-Reason"),
 	}
 	if a.status != http.StatusTemporaryRedirect {
@@ -723,20 +693,8 @@ func checkMirror(t *testing.T, a redirectAnswer, mirror, reason string) {
 // fetch sends an anonymous request to a mirror URL, as a client following the redirect does.
 func fetch(t *testing.T, method, rawURL string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, rawURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := noFollow.Do(req)
-	if err != nil {
-		t.Fatalf("%s of a mirror URL: %v", method, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, body
+	a := testenv.Send(t, noRedirects, testenv.NewRequest(t, method, rawURL, nil))
+	return a.Status, a.Body
 }
 
 // amzExpiry reads when a presigned S3 URL stops working.
@@ -805,7 +763,7 @@ func (s *storage) mark() mark {
 	if err == nil {
 		n = int(fi.Size())
 	}
-	return mark{s3: n, gcs: len(s.gcs.Proc.Output()), web: s.web.count()}
+	return mark{s3: n, gcs: len(s.gcs.Proc.Output()), web: s.web.Mark()}
 }
 
 // versitygw's access log: "... s3_GetObject <key> <request-URI> <status> ...".
@@ -839,9 +797,9 @@ func (s *storage) served(t *testing.T, m mark) map[string][]string {
 	for _, sm := range gcsGet.FindAllStringSubmatch(strings.ReplaceAll(s.gcs.Proc.Output()[m.gcs:], `\"`, `"`), -1) {
 		add(gcsMirror, mirrorPrefix+"sha256/"+sm[1], sm[2])
 	}
-	for _, r := range s.web.since(m.web) {
-		if r.method == http.MethodGet {
-			add(webMirror, strings.TrimPrefix(r.path, "/"), strconv.Itoa(r.status))
+	for _, r := range s.web.Since(m.web) {
+		if r.Method == http.MethodGet {
+			add(webMirror, strings.TrimPrefix(r.Path, "/"), strconv.Itoa(r.Status))
 		}
 	}
 	return out
@@ -869,154 +827,4 @@ func (s *storage) waitServed(t *testing.T, m mark, mirror string, want []string)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// staticMirror is an `http` mirror: a plain web server for a directory, as a CDN in front of a
-// bucket would be, that records the requests it answered.
-type staticMirror struct {
-	Addr string // "127.0.0.5:PORT"
-	URL  string // "http://127.0.0.5:PORT"
-	dir  string
-
-	mu   sync.Mutex
-	reqs []webRequest
-}
-
-type webRequest struct {
-	method, path string
-	status       int
-}
-
-func startStaticMirror(t *testing.T, host string) *staticMirror {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("http mirror on %s: %v", host, err)
-	}
-	m := &staticMirror{Addr: ln.Addr().String(), dir: t.TempDir()}
-	m.URL = "http://" + m.Addr
-	files := http.FileServer(http.Dir(m.dir))
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-			files.ServeHTTP(rec, r)
-			m.mu.Lock()
-			m.reqs = append(m.reqs, webRequest{r.Method, r.URL.Path, rec.status})
-			m.mu.Unlock()
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return m
-}
-
-func (m *staticMirror) put(t *testing.T, key string, data []byte) {
-	t.Helper()
-	p := filepath.Join(m.dir, filepath.FromSlash(key))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (m *staticMirror) count() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.reqs)
-}
-
-func (m *staticMirror) since(n int) []webRequest {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.reqs[n:])
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
-	r.ResponseWriter.WriteHeader(code)
-}
-
-// forward accepts connections on 127.0.0.1 and pipes each, byte for byte, to target; it returns
-// "localhost:PORT" for it.
-func forward(t *testing.T, target string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", target, 5*time.Second)
-				if err != nil {
-					return
-				}
-				track(up)
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
-// rewriteHost is a reverse proxy on 127.0.0.1 to target that sends target's host as Host; it
-// returns "localhost:PORT" for it.
-func rewriteHost(t *testing.T, target string) string {
-	t.Helper()
-	tu, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler:           &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(tu) }},
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }
