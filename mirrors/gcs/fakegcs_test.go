@@ -3,9 +3,7 @@ package gcs
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,10 +69,7 @@ func TestFakeGCS(t *testing.T) {
 		}
 	})
 
-	anon := &http.Client{
-		Timeout:       10 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	anon := testenv.NoRedirectClient(t, "")
 	for _, tt := range []struct {
 		name   string
 		b      *Backend
@@ -95,36 +90,16 @@ func TestFakeGCS(t *testing.T) {
 					t.Errorf("signature does not verify: %v", err)
 				}
 			}
-			status, body, h := fetch(t, anon, tt.method, u)
-			if status != http.StatusOK {
-				t.Fatalf("%s %s: status %d\n%s", tt.method, u.Redacted(), status, body)
+			a := testenv.Send(t, anon, testenv.NewRequest(t, tt.method, u.String(), nil))
+			if a.Status != http.StatusOK {
+				t.Fatalf("%s %s: status %d\n%s", tt.method, u.Redacted(), a.Status, a.Body)
 			}
-			if tt.method == http.MethodGet && !bytes.Equal(body, blob) {
-				t.Errorf("body: %d bytes, want the %d-byte object", len(body), len(blob))
+			if tt.method == http.MethodGet && !bytes.Equal(a.Body, blob) {
+				t.Errorf("body: %d bytes, want the %d-byte object", len(a.Body), len(blob))
 			}
-			if got := h.Get("Content-Length"); got != strconv.Itoa(len(blob)) {
+			if got := a.Header.Get("Content-Length"); got != strconv.Itoa(len(blob)) {
 				t.Errorf("Content-Length %q, want %d", got, len(blob))
 			}
 		})
 	}
-}
-
-func fetch(t *testing.T, c *http.Client, method string, u *url.URL) (int, []byte, http.Header) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, u.Redacted(), err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, body, resp.Header
 }

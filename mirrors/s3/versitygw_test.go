@@ -3,7 +3,6 @@ package s3
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -33,32 +32,15 @@ func TestVersityGW(t *testing.T) {
 		Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
 		CredentialsFile: srv.CredentialsFile(t, "default"),
 	}, Options{})
-	anon := &http.Client{
-		Timeout: 10 * time.Second,
-		// A redirect would hide which URL was answered.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	fetch := func(t *testing.T, method string, u *url.URL, host string) (int, []byte, http.Header) {
+	// Without following redirects: a redirect would hide which URL was answered.
+	anon := testenv.NoRedirectClient(t, "")
+	fetch := func(t *testing.T, method string, u *url.URL, host string) testenv.Answer {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		req := testenv.NewRequest(t, method, u.String(), nil)
 		if host != "" {
 			req.Host = host
 		}
-		resp, err := anon.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, u.Redacted(), err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, body, resp.Header
+		return testenv.Send(t, anon, req)
 	}
 
 	t.Run("Stat", func(t *testing.T) {
@@ -155,27 +137,27 @@ func TestVersityGW(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, body, h := fetch(t, tt.method, tt.u, tt.host)
-			if status != tt.wantStatus {
-				t.Fatalf("%s %s: status %d, want %d\n%s", tt.method, tt.name, status, tt.wantStatus, body)
+			a := fetch(t, tt.method, tt.u, tt.host)
+			if a.Status != tt.wantStatus {
+				t.Fatalf("%s %s: status %d, want %d\n%s", tt.method, tt.name, a.Status, tt.wantStatus, a.Body)
 			}
-			if tt.wantBody && !bytes.Equal(body, blob) {
-				t.Errorf("body: %d bytes, want the %d-byte object", len(body), len(blob))
+			if tt.wantBody && !bytes.Equal(a.Body, blob) {
+				t.Errorf("body: %d bytes, want the %d-byte object", len(a.Body), len(blob))
 			}
-			if tt.wantStatus == http.StatusOK && h.Get("Content-Length") != strconv.Itoa(len(blob)) {
-				t.Errorf("Content-Length %q, want %d", h.Get("Content-Length"), len(blob))
+			if tt.wantStatus == http.StatusOK && a.Header.Get("Content-Length") != strconv.Itoa(len(blob)) {
+				t.Errorf("Content-Length %q, want %d", a.Header.Get("Content-Length"), len(blob))
 			}
 		})
 	}
 
 	t.Run("expired", func(t *testing.T) {
 		u, exp := sign(t, b, http.MethodGet, testKey, time.Second)
-		if status, _, _ := fetch(t, http.MethodGet, u, ""); status != http.StatusOK {
-			t.Logf("fresh 1s URL answered %d (signed at a second boundary)", status)
+		if a := fetch(t, http.MethodGet, u, ""); a.Status != http.StatusOK {
+			t.Logf("fresh 1s URL answered %d (signed at a second boundary)", a.Status)
 		}
 		time.Sleep(time.Until(exp) + time.Second)
-		if status, body, _ := fetch(t, http.MethodGet, u, ""); status != http.StatusForbidden {
-			t.Fatalf("expired URL: status %d, want 403\n%s", status, body)
+		if a := fetch(t, http.MethodGet, u, ""); a.Status != http.StatusForbidden {
+			t.Fatalf("expired URL: status %d, want 403\n%s", a.Status, a.Body)
 		}
 	})
 }
