@@ -102,25 +102,16 @@ func startStorage(t *testing.T) *storage {
 	return s
 }
 
-// isolateClouds hides AWS and Google settings of the machine (AWS_CA_BUNDLE is set on CI
-// machines, for one) from the proxy, which is started with the test's environment: it must use
-// exactly the credentials files its configuration names.
+// isolateClouds hides the machine's AWS and Google settings, and any HTTP proxy, from the proxy,
+// which is started with the test's environment: it must use exactly the credentials files its
+// configuration names, and reach the mirrors directly.
 func isolateClouds(t *testing.T) {
 	t.Helper()
-	dir := t.TempDir()
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-		"AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL",
-		"AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE", "STORAGE_EMULATOR_HOST", "HTTP_PROXY", "HTTPS_PROXY",
-		"http_proxy", "https_proxy"} {
+	testenv.IsolateAWS(t)
+	testenv.IsolateGCS(t)
+	for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
 		t.Setenv(k, "")
 	}
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "aws-config"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "aws-credentials"))
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(dir, "none.json"))
-	t.Setenv("CLOUDSDK_CONFIG", dir)
-	t.Setenv("GCE_METADATA_HOST", "127.0.0.1:1")
 }
 
 // startFakeGCS is testenv.StartFakeGCS with request logging on: the log is how the tests see

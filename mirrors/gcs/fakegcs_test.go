@@ -20,7 +20,7 @@ func TestFakeGCS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts fake-gcs-server")
 	}
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	srv := testenv.StartFakeGCS(t)
 	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
 	const bucket = "oci-proxy-test"

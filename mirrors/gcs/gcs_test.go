@@ -26,17 +26,6 @@ const (
 	testKey   = "blobs/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 )
 
-// isolateGCS keeps the developer's Google credentials and any emulator setting away from the
-// client, so that tests see only what they set up.
-func isolateGCS(t *testing.T) {
-	t.Helper()
-	t.Setenv("STORAGE_EMULATOR_HOST", "")
-	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "none.json"))
-	t.Setenv("CLOUDSDK_CONFIG", t.TempDir())
-	// Keeps the metadata-server probe from waiting on a network that is not Google Cloud.
-	t.Setenv("GCE_METADATA_HOST", "127.0.0.1:1")
-}
-
 func newBackend(t testing.TB, m config.Mirror, opts Options) *Backend {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -61,7 +50,7 @@ func sign(t *testing.T, b *Backend, method, key string, ttl time.Duration) (*url
 }
 
 func TestSignedURL(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	keyFile, key := testenv.ServiceAccountKey(t)
 	tests := []struct {
 		name     string
@@ -154,7 +143,7 @@ func flipSignature(u *url.URL) {
 }
 
 func TestPublicURL(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	tests := []struct {
 		name     string
 		emulator string
@@ -181,7 +170,7 @@ func TestPublicURL(t *testing.T) {
 }
 
 func TestURLErrors(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	keyFile, _ := testenv.ServiceAccountKey(t)
 	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
 	tests := []struct {
@@ -209,7 +198,7 @@ func TestURLErrors(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	_, key := testenv.ServiceAccountKey(t)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
@@ -266,7 +255,7 @@ func TestNewErrors(t *testing.T) {
 // TestStatStatus maps the JSON API's answers onto presence, with a fake server standing in for
 // the emulator; TestFakeGCS covers the real protocol.
 func TestStatStatus(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	keyFile, _ := testenv.ServiceAccountKey(t)
 	tests := []struct {
 		status   int
@@ -323,7 +312,7 @@ func TestStatStatus(t *testing.T) {
 }
 
 func TestStatDeadline(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -362,7 +351,7 @@ func BenchmarkSignV4(b *testing.B) {
 // TestSignedURLWithADC signs with a service-account key found through Application Default
 // Credentials rather than the mirror's credentials_file: the client reads the key itself.
 func TestSignedURLWithADC(t *testing.T) {
-	isolateGCS(t)
+	testenv.IsolateGCS(t)
 	keyFile, key := testenv.ServiceAccountKey(t)
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
 	b := newBackend(t, config.Mirror{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})

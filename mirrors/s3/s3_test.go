@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
 const (
@@ -25,23 +26,6 @@ const (
 	testSecret = "s3cr3t-test-key-never-logged"
 	testKey    = "blobs/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 )
-
-// isolateAWS hides the developer's AWS environment and files from the SDK's default chain, so
-// that tests see only what they set up, and keeps the chain from probing the instance metadata
-// service.
-func isolateAWS(t *testing.T) {
-	t.Helper()
-	dir := t.TempDir()
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-		"AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL",
-		"AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE"} {
-		t.Setenv(k, "")
-	}
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-}
 
 func writeFile(t *testing.T, name, body string) string {
 	t.Helper()
@@ -150,7 +134,7 @@ func verifySigV4(u *url.URL, method, secret string) error {
 }
 
 func TestURL(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	creds := credFile(t, "default", testAccess, testSecret)
 	tests := []struct {
 		name     string
@@ -237,7 +221,7 @@ func TestURL(t *testing.T) {
 }
 
 func TestURLErrors(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1",
 		CredentialsFile: credFile(t, "default", testAccess, testSecret)}, Options{})
 	tests := []struct {
@@ -333,7 +317,7 @@ func TestCredentials(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			isolateAWS(t)
+			testenv.IsolateAWS(t)
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
@@ -368,7 +352,7 @@ func TestCredentials(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	creds := credFile(t, "default", testAccess, testSecret)
 	tests := []struct {
 		name    string
@@ -395,7 +379,7 @@ func TestNewErrors(t *testing.T) {
 // TestStatStatus maps the service's answers to HeadObject onto presence, with a fake S3 that
 // answers a fixed status; the real protocol is covered by TestVersityGW.
 func TestStatStatus(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	tests := []struct {
 		status   int
 		want     bool
@@ -460,7 +444,7 @@ func TestStatStatus(t *testing.T) {
 }
 
 func TestStatDeadline(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {

@@ -21,7 +21,7 @@ func TestVersityGW(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts versitygw")
 	}
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	srv := testenv.StartVersityGW(t, t.TempDir())
 	const bucket = "oci-proxy-test"
 	srv.CreateBucket(t, bucket)
