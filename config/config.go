@@ -11,6 +11,9 @@ import (
 
 // Config is the whole configuration file.
 type Config struct {
+	// Name is the registry's public host name as users type it (images.example.dev), shown on the
+	// index page; never used to build a redirect.
+	Name           string   `yaml:"name"`
 	Listen         string   `yaml:"listen"`
 	Upstream       string   `yaml:"upstream"`
 	TrustedProxies []string `yaml:"trusted_proxies"`

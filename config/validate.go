@@ -81,6 +81,9 @@ func (c *Config) validate(v *validator) {
 		}
 		c.UpstreamURL = u
 	}
+	if c.Name != "" && !publicName.MatchString(c.Name) {
+		v.at(p("name"), "name must be a host name as users type it, like images.example.dev, not %q", c.Name)
+	}
 	if err := checkListen(c.Listen); err != nil {
 		v.at(p("listen"), "listen: %v", err)
 	}
@@ -209,6 +212,9 @@ func checkListen(addr string) error {
 }
 
 var (
+	// publicName is a DNS name with an optional port: only what appears before the first '/' of an
+	// image reference.
+	publicName  = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?(:[0-9]{1,5})?$`)
 	mirrorName  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	cloudRegion = regexp.MustCompile(`^(aws|gcp|azure):[a-z0-9-]+$`)
 )

@@ -96,6 +96,8 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		Observer:   s.metrics,
 		Logger:     s.log,
 		Index: redirector.IndexInfo{
+			Name:     cfg.Name,
+			Example:  indexExample(cfg),
 			Upstream: ups.Routes()[len(ups.Routes())-1].String(),
 			Version:  s.info.Version,
 		},
@@ -110,6 +112,14 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	}
 	g.handler = redirector.New(opts)
 	return g, nil
+}
+
+// indexExample is an image to show in the pull example: the first repository sync copies.
+func indexExample(cfg *config.Config) string {
+	if len(cfg.Sync.Repositories) > 0 {
+		return cfg.Sync.Repositories[0].Name + ":latest"
+	}
+	return ""
 }
 
 func mirrorLabel(m config.Mirror) string {
