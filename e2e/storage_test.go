@@ -499,7 +499,8 @@ func TestStorageSignedURLs(t *testing.T) {
 // the hard case for timeouts) while US clients are sent to it. Blobs it was not yet known to hold
 // still reach the client (through the next mirror); once the mirror is set aside, redirects no
 // longer wait for its timeout, even for blobs cached as present on it; and after SIGCONT it serves
-// again within a bounded time.
+// again within a bounded time. Then it is stopped for good (connections refused) and restarted
+// on the same address: out of the candidates, then back, each within a bounded time.
 func TestStorageMirrorDown(t *testing.T) {
 	s := startStorage(t)
 	image := s.reg.PushOCIImage(t, upstreamPrefix+"/app:1.0")
@@ -638,6 +639,47 @@ func TestStorageMirrorDown(t *testing.T) {
 			t.Errorf("the proxy did not log that %s is healthy again", s3Mirror)
 		}
 	})
+
+	// A mirror that goes away (connections refused) and is restarted: even a blob whose presence
+	// and URL are cached stops going to it, through the background probe alone, and goes back to
+	// it once it answers again.
+	t.Run("stopped-and-restarted", func(t *testing.T) {
+		s.s3.Proc.Stop()
+		down := time.Now()
+		untilMirror(t, "S3 stopped", 15*time.Second, func() bool {
+			r := blobRedirect(t, http.MethodGet, us+cached)
+			return r.mirror == gcsMirror && r.latency < timeout/2
+		})
+		t.Logf("stopped S3 mirror out of the candidates %v after it stopped", time.Since(down).Round(time.Millisecond))
+		if r := blobRedirect(t, http.MethodGet, us+nextUnseen(t)); r.mirror != gcsMirror || r.latency >= timeout/2 {
+			t.Errorf("unseen blob with S3 stopped: %v, X-Mirror %q (%s)", r.latency, r.mirror, r.reason)
+		}
+		s.s3.Restart(t)
+		up := time.Now()
+		untilMirror(t, "S3 restarted", 20*time.Second, func() bool {
+			r := blobRedirect(t, http.MethodGet, us+cached)
+			if r.mirror != s3Mirror {
+				return false
+			}
+			if status, body := fetch(t, http.MethodGet, r.location(t).String()); status != http.StatusOK || testenv.SHA256Digest(body) != cached {
+				t.Errorf("restarted S3 mirror: status %d, content %s", status, testenv.SHA256Digest(body))
+			}
+			return true
+		})
+		t.Logf("restarted S3 mirror serving again %v after it started", time.Since(up).Round(time.Millisecond))
+	})
+}
+
+// untilMirror polls ok every 250 ms until it holds, failing the test after limit.
+func untilMirror(t *testing.T, what string, limit time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // redirectAnswer is the proxy's answer to a blob request.

@@ -45,6 +45,7 @@ type S3Server struct {
 	Dir      string // the posix backend's root: one directory per bucket
 	Proc     *Process
 	client   *s3.Client
+	start    func(t testing.TB) *Process // starts versitygw again with the same address, keys and data
 }
 
 // StartVersityGW starts versitygw on S3Host with its posix backend in dir (the filesystem must
@@ -63,8 +64,12 @@ func StartVersityGW(t testing.TB, dir string) *S3Server {
 	}
 	// The keys go through the environment, not argv, so that they stay out of process listings.
 	env := []string{"ROOT_ACCESS_KEY_ID=" + s.Access, "ROOT_SECRET_ACCESS_KEY=" + s.Secret, "VGW_REGION=" + s.Region}
-	s.Proc = Start(t, "versitygw", env, bin, "--port", addr, "--quiet", "posix", dir)
-	WaitHTTP(t, s.Proc, s.Endpoint+"/")
+	s.start = func(t testing.TB) *Process {
+		p := Start(t, "versitygw", env, bin, "--port", addr, "--quiet", "posix", dir)
+		WaitHTTP(t, p, s.Endpoint+"/")
+		return p
+	}
+	s.Proc = s.start(t)
 	s.client = s3.New(s3.Options{
 		Region:       s.Region,
 		BaseEndpoint: aws.String(s.Endpoint),
@@ -73,6 +78,14 @@ func StartVersityGW(t testing.TB, dir string) *S3Server {
 		HTTPClient:   &http.Client{Timeout: 30 * time.Second},
 	})
 	return s
+}
+
+// Restart stops versitygw and starts it again on the same address with the same keys and data,
+// as an operator restarting a failed service would.
+func (s *S3Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Proc.Stop()
+	s.Proc = s.start(t)
 }
 
 // Client returns an S3 client authenticated as the root user.
