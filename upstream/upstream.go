@@ -100,3 +100,37 @@ func (r *Route) URL(name, kind, ref, query string) string {
 
 // String returns the base URL.
 func (r *Route) String() string { return r.base }
+
+// Repository returns the route's registry host and the repository path under it for a name as
+// the upstream knows it (as returned by Lookup): for base https://ghcr.io/v2/acme/ and "lint",
+// ("ghcr.io", "acme/lint").
+func (r *Route) Repository(upstreamName string) (host, repo string) {
+	return r.Base.Host, strings.TrimPrefix(r.Base.Path, "/v2/") + upstreamName
+}
+
+// ClientName is the inverse of Lookup and Repository: the name clients use for repository repo
+// of the upstream registry host (host "" matches any host, for events that do not say). ok is
+// false when no route serves that repository.
+func (t *Table) ClientName(host, repo string) (name string, ok bool) {
+	best := -1
+	for i := range t.routes {
+		r := &t.routes[i]
+		if host != "" && !strings.EqualFold(host, r.Base.Host) {
+			continue
+		}
+		base := strings.TrimPrefix(r.Base.Path, "/v2/")
+		rest, found := strings.CutPrefix(repo, base)
+		if !found || rest == "" {
+			continue
+		}
+		// The most specific base wins; the client name must route back to the same place.
+		if best >= 0 && len(base) <= len(strings.TrimPrefix(t.routes[best].Base.Path, "/v2/")) {
+			continue
+		}
+		if back, up := t.Lookup(r.Prefix + rest); back != r || up != rest {
+			continue
+		}
+		best, name = i, r.Prefix+rest
+	}
+	return name, best >= 0
+}
