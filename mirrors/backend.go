@@ -6,6 +6,7 @@ package mirrors
 
 import (
 	"context"
+	"io"
 	"net/url"
 	"time"
 
@@ -32,4 +33,15 @@ type Backend interface {
 // written by `oci-proxy sync`.
 func Key(prefix string, d oci.Digest) string {
 	return prefix + string(d.Algorithm()) + "/" + d.Hex()
+}
+
+// Writer is a Backend that `oci-proxy sync` can copy blobs into. Public http mirrors are not
+// writers: something else fills them.
+type Writer interface {
+	Backend
+	// Put stores size bytes read from body under key, replacing any object there. It streams:
+	// blobs can be gigabytes.
+	Put(ctx context.Context, key string, body io.Reader, size int64) error
+	// Delete removes key; a missing key is not an error.
+	Delete(ctx context.Context, key string) error
 }
