@@ -1,9 +1,9 @@
 // Package gcs is the mirrors.Backend for Google Cloud Storage: it checks whether a blob is stored
 // (object attributes) and hands out V4 signed GET and HEAD URLs for it, or plain URLs for a public
-// bucket.
+// bucket. As a mirrors.Writer it also stores and deletes blobs, for the sync command.
 //
-// It only reads: copying blobs into a bucket is the sync command's job, and choosing between
-// mirrors is package mirrors' job. It never logs; errors carry the mirror name and key but no
+// Deciding what to copy is package syncer's job, and choosing between mirrors is package
+// mirrors' job. It never logs; errors carry the mirror name and key but no
 // credentials or signatures.
 package gcs
 

@@ -1,8 +1,9 @@
 // Package s3 is the mirrors.Backend for Amazon S3 and S3-compatible services: it checks whether a
-// blob is stored (HeadObject) and hands out SigV4 presigned GET and HEAD URLs for it.
+// blob is stored (HeadObject) and hands out SigV4 presigned GET and HEAD URLs for it. As a
+// mirrors.Writer it also stores and deletes blobs, for the sync command.
 //
-// It only reads: copying blobs into a bucket is the sync command's job, and choosing between
-// mirrors is package mirrors' job. It never logs; errors carry the mirror name and key but no
+// Deciding what to copy is package syncer's job, and choosing between mirrors is package
+// mirrors' job. It never logs; errors carry the mirror name and key but no
 // credentials or signatures.
 package s3
 
@@ -20,6 +21,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/happy-turtle/oci-proxy/config"
@@ -45,15 +47,19 @@ type Options struct {
 	// failure as "try the next mirror" within a short budget, and retrying with back-off would
 	// spend that budget on a mirror that is already misbehaving.
 	MaxAttempts int
+	// PartSize is the part size of multipart uploads, and the size from which Put uses them.
+	// Zero: DefaultPartSize. S3 requires at least 5 MiB.
+	PartSize int64
 }
 
 // Backend is one S3 bucket. It is safe for concurrent use.
 type Backend struct {
-	name    string
-	bucket  string
-	client  *s3.Client
-	presign *s3.PresignClient
-	timeout time.Duration
+	name     string
+	bucket   string
+	client   *s3.Client
+	presign  *s3.PresignClient
+	uploader *transfermanager.Client
+	timeout  time.Duration
 }
 
 var _ mirrors.Backend = (*Backend)(nil)
@@ -127,11 +133,12 @@ func New(ctx context.Context, c config.Mirror, opts Options) (*Backend, error) {
 		}
 	})
 	return &Backend{
-		name:    c.Name,
-		bucket:  c.Bucket,
-		client:  client,
-		presign: s3.NewPresignClient(client),
-		timeout: timeout,
+		name:     c.Name,
+		bucket:   c.Bucket,
+		client:   client,
+		presign:  s3.NewPresignClient(client),
+		uploader: newUploader(client, opts.PartSize),
+		timeout:  timeout,
 	}, nil
 }
 
