@@ -42,9 +42,15 @@ func (b *Backend) Put(ctx context.Context, key string, body io.Reader, size int6
 		err = io.ErrUnexpectedEOF
 	}
 	if err == nil {
+		// Read past the end: a body with more bytes is not the blob, and a body whose reader
+		// fails at its end (a digest check, say) must not be stored either.
 		var one [1]byte
-		if m, _ := io.ReadFull(body, one[:]); m > 0 {
+		m, rerr := io.ReadFull(body, one[:])
+		switch {
+		case m > 0:
 			err = errors.New("body is longer than its size")
+		case rerr != io.EOF:
+			err = rerr
 		}
 	}
 	if err != nil {

@@ -67,9 +67,13 @@ func TestFakeGCSWrite(t *testing.T) {
 		{name: "short body", data: random(4096), wantErr: true,
 			body: func(d []byte) io.Reader { return onlyReader{bytes.NewReader(d[:100])} }},
 		{name: "long body", data: random(4096), wantErr: true,
-			body: func(d []byte) io.Reader { return onlyReader{io.MultiReader(bytes.NewReader(d), strings.NewReader("x"))} }},
+			body: func(d []byte) io.Reader {
+				return onlyReader{io.MultiReader(bytes.NewReader(d), strings.NewReader("x"))}
+			}},
 		{name: "failing body", data: random(4096), wantErr: true,
 			body: func(d []byte) io.Reader { return onlyReader{io.MultiReader(bytes.NewReader(d[:100]), failReader{})} }},
+		{name: "body failing at its end", data: random(4096), wantErr: true,
+			body: func(d []byte) io.Reader { return onlyReader{io.MultiReader(bytes.NewReader(d), failReader{})} }},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,13 +75,17 @@ func TestVersityGWWrite(t *testing.T) {
 		{name: "short body", data: random(4096), wantErr: true,
 			body: func(d []byte) io.Reader { return onlyReader{bytes.NewReader(d[:100])} }},
 		{name: "long body", data: random(4096), wantErr: true,
-			body: func(d []byte) io.Reader { return onlyReader{io.MultiReader(bytes.NewReader(d), strings.NewReader("x"))} }},
+			body: func(d []byte) io.Reader {
+				return onlyReader{io.MultiReader(bytes.NewReader(d), strings.NewReader("x"))}
+			}},
 		{name: "short multipart body", data: random(12 << 20), wantErr: true,
 			body: func(d []byte) io.Reader { return onlyReader{bytes.NewReader(d[:11<<20])} }},
 		{name: "failing multipart body", data: random(12 << 20), wantErr: true,
 			body: func(d []byte) io.Reader {
 				return onlyReader{io.MultiReader(bytes.NewReader(d[:7<<20]), iotestErr{})}
 			}},
+		{name: "body failing at its end", data: random(4096), wantErr: true,
+			body: func(d []byte) io.Reader { return onlyReader{io.MultiReader(bytes.NewReader(d), iotestErr{})} }},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
