@@ -4,6 +4,7 @@
 //	oci-proxy serve    --config config.yaml [--listen :8080] [--log-format text|json]
 //	oci-proxy validate --config config.yaml
 //	oci-proxy resolve  --config config.yaml --ip 81.2.69.142 [--digest sha256:...] [--json]
+//	oci-proxy sync     --config config.yaml [--dry-run] [--every 1h] [--concurrency 4] [--json]
 //	oci-proxy version
 package main
 
@@ -41,6 +42,8 @@ Usage:
                      [--reload-interval 5s]   (SIGHUP also reloads)
   oci-proxy validate --config FILE
   oci-proxy resolve  --config FILE --ip ADDR [--digest DIGEST] [--method GET|HEAD] [--json]
+  oci-proxy sync     --config FILE [--dry-run] [--every DURATION] [--concurrency N] [--json]
+                     (copies blobs from the upstream into the s3 and gcs mirrors; exits 1 on failures)
   oci-proxy version
 
 Environment:
@@ -69,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = validate(args[1:], stdout, stderr)
 	case "resolve":
 		err = resolve(args[1:], stdout, stderr)
+	case "sync":
+		err = syncCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", version, commit, date, runtime.Version())
 	case "help", "-h", "--help", "-help":

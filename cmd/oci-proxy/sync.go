@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/app"
+	"github.com/happy-turtle/oci-proxy/syncer"
+)
+
+// syncCmd copies blobs from the upstream into the writable mirrors: once, printing the report
+// and failing when anything failed, or with --every on a schedule until SIGINT or SIGTERM.
+func syncCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("sync", stderr)
+	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
+	dryRun := fs.Bool("dry-run", false, "only report what would be copied")
+	every := fs.Duration("every", 0, "run at start and then every DURATION (with up to 10% jitter) until SIGTERM; 0: once")
+	concurrency := fs.Int("concurrency", syncer.DefaultConcurrency, "blobs copied at once")
+	asJSON := fs.Bool("json", false, "print reports as JSON")
+	listen := fs.String("listen", "", "serve the push webhooks on ADDR (not available yet)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *every < 0 || (*every > 0 && *every < time.Second) {
+		fmt.Fprintf(stderr, "oci-proxy sync: --every must be at least 1s\n")
+		return errUsage
+	}
+	if *concurrency < 1 {
+		fmt.Fprintf(stderr, "oci-proxy sync: --concurrency must be at least 1\n")
+		return errUsage
+	}
+	if *listen != "" {
+		return errors.New("sync --listen: webhooks are not available in this build")
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath, config.Overrides{Upstream: os.Getenv("UpstreamRegistry")})
+	if err != nil {
+		return err
+	}
+	if len(cfg.Sync.Repositories) == 0 {
+		return fmt.Errorf("%s: sync.repositories is empty: nothing to copy", cfg.File)
+	}
+	ups, err := app.UpstreamTable(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	targets, closer, err := app.Writers(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	s := syncer.New(cfg, ups, targets, syncer.Options{Concurrency: *concurrency, DryRun: *dryRun, Logger: log})
+
+	show := func(rep syncer.Report) error {
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(rep)
+		}
+		return rep.WriteText(stdout)
+	}
+	if *every == 0 {
+		rep, err := s.All(ctx)
+		if perr := show(rep); perr != nil {
+			return perr
+		}
+		if err != nil {
+			return err
+		}
+		if n := rep.Failures(); n > 0 {
+			return fmt.Errorf("sync: %d failures", n)
+		}
+		return nil
+	}
+	for {
+		rep, err := s.All(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if perr := show(rep); perr != nil {
+			log.Error("sync: print report", slog.String("reason", perr.Error()))
+		}
+		if err != nil {
+			log.Error("sync: run failed", slog.String("reason", err.Error()))
+		}
+		// Jitter keeps replicas started together from hitting the upstream together.
+		wait := *every + rand.N(*every/10+1)
+		log.Info("sync: next run", slog.Duration("in", wait), slog.Int("failures", rep.Failures()))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
