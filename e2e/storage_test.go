@@ -82,6 +82,12 @@ type storage struct {
 // environment).
 func startStorage(t *testing.T) *storage {
 	t.Helper()
+	return startStorageWith(t, testenv.RegistryOptions{})
+}
+
+// startStorageWith is startStorage with the registry's options (notifications, say).
+func startStorageWith(t *testing.T, regOpts testenv.RegistryOptions) *storage {
+	t.Helper()
 	isolateClouds(t)
 	geoip, err := filepath.Abs(filepath.Join("..", "testdata", "geoip", "city.mmdb"))
 	if err != nil {
@@ -98,7 +104,7 @@ func startStorage(t *testing.T) *storage {
 	s.gcs.CreateBucket(t, mirrorBucket)
 	s.gcsSA, s.gcsKey = testenv.ServiceAccountKey(t)
 	s.web = testenv.StartMirrorServer(t, webHost)
-	s.reg = testenv.StartRegistry(t, testenv.RegistryOptions{})
+	s.reg = testenv.StartRegistry(t, regOpts)
 	return s
 }
 

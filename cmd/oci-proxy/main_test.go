@@ -37,6 +37,8 @@ func TestCommands(t *testing.T) {
 		{"validate stray arg", []string{"validate", "x"}, 2, "unexpected argument"},
 		{"serve without config", []string{"serve"}, 1, "no configuration"},
 		{"serve bad log format", []string{"serve", "--log-format", "xml"}, 1, "--log-format"},
+		{"sync without repositories", []string{"sync", "--config", "../../config.yaml"}, 1, "sync.repositories is empty"},
+		{"sync bad every", []string{"sync", "--config", "../../config.yaml", "--every", "10ms"}, 2, "--every"},
 		{"resolve bad ip", []string{"resolve", "--config", "../../config.yaml", "--ip", "nope"}, 2, "--ip must be an IP address"},
 		{"resolve bad digest", []string{"resolve", "--config", "../../config.yaml", "--ip", "1.2.3.4", "--digest", "sha256:1"}, 2, "--digest"},
 	} {
