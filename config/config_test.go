@@ -214,3 +214,14 @@ func TestRelativePaths(t *testing.T) {
 		t.Errorf("paths not resolved against the file's directory: %+v %+v", c.GeoIP, c.CloudRanges)
 	}
 }
+
+func TestRouteAuth(t *testing.T) {
+	base := "upstream: https://a.example/v2/\nroutes:\n  - prefix: tools/\n    upstream: https://ghcr.io/v2/acme/\n"
+	if _, err := Parse("x.yaml", []byte(base+"    auth: {username: bot, password_file: /run/secrets/ghcr}\n"), Overrides{}); err != nil {
+		t.Errorf("route with auth: %v", err)
+	}
+	_, err := Parse("x.yaml", []byte(base+"    auth: {username: bot}\n"), Overrides{})
+	if err == nil || !strings.Contains(err.Error(), "x.yaml:5: routes: auth needs both username and password_file") {
+		t.Errorf("route with half an auth: %v", err)
+	}
+}

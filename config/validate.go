@@ -378,8 +378,8 @@ func (c *Config) validateRoutes(v *validator) {
 		default:
 			v.at(p("routes", i, "mode"), "routes: mode must be redirect or proxy, not %q", r.Mode)
 		}
-		if r.Auth.Username != "" || r.Auth.PasswordFile != "" {
-			v.at(p("routes", i, "auth"), "routes: auth is used only by mode proxy")
+		if (r.Auth.Username == "") != (r.Auth.PasswordFile == "") {
+			v.at(p("routes", i, "auth"), "routes: auth needs both username and password_file")
 		}
 	}
 }
