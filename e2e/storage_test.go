@@ -228,19 +228,21 @@ func (s *storage) named(t *testing.T) endpoints {
 	}
 }
 
-// proxyOptions are what the tests vary in a proxy's configuration.
-type proxyOptions struct {
+// configOptions are what the tests vary in a configuration over the three mirrors. The zero value
+// is a proxy with the default signing TTL and presence settings, and no sync section.
+type configOptions struct {
 	s3SigningTTL time.Duration // 0: the default
-	presence     string        // the presence section's body (YAML, indented by two)
+	presence     string        // the presence section's body (YAML, indented by two); "": none
+	sync         string        // the sync section's body (YAML, indented by two); "": none
 }
 
-// startProxy starts oci-proxy with the three mirrors at ep and one front per place in front of
-// it; the proxy trusts exactly the fronts' addresses.
-func (s *storage) startProxy(t *testing.T, ep endpoints, o proxyOptions) (*testenv.Proxy, map[string]*testenv.Front) {
-	t.Helper()
-	var trusted []string
-	for _, p := range places {
-		trusted = append(trusted, strconv.Quote(p.front+"/32"))
+// storageConfig is the YAML configuration of the upstream and the three mirrors at ep, trusting
+// exactly the fronts of the places in trusted. The sync section, if any, comes last, so that a
+// test may append to it.
+func (s *storage) storageConfig(ep endpoints, trusted []place, o configOptions) string {
+	var fronts []string
+	for _, p := range trusted {
+		fronts = append(fronts, strconv.Quote(p.front+"/32"))
 	}
 	s3TTL := ""
 	if o.s3SigningTTL > 0 {
@@ -250,7 +252,11 @@ func (s *storage) startProxy(t *testing.T, ep endpoints, o proxyOptions) (*teste
 	if o.presence != "" {
 		presence = "presence:\n" + o.presence
 	}
-	cfg := fmt.Sprintf(`upstream: %q
+	sync := ""
+	if o.sync != "" {
+		sync = "sync:\n" + o.sync
+	}
+	return fmt.Sprintf(`upstream: %q
 trusted_proxies: [%s]
 geoip:
   database: %q
@@ -276,11 +282,18 @@ mirrors:
     base_url: %q
     country: SG
     location: {lat: 1.35, lon: 103.8}
-%s`,
-		ep.upstream, strings.Join(trusted, ", "), s.geoip,
+%s%s`,
+		ep.upstream, strings.Join(fronts, ", "), s.geoip,
 		s3Mirror, mirrorBucket, ep.s3, s.s3.Region, s.s3Creds, mirrorPrefix, s3TTL,
 		gcsMirror, mirrorBucket, s.gcsSA, mirrorPrefix,
-		webMirror, ep.web, presence)
+		webMirror, ep.web, presence, sync)
+}
+
+// startProxy starts oci-proxy with the three mirrors at ep and one front per place in front of
+// it; the proxy trusts exactly the fronts' addresses.
+func (s *storage) startProxy(t *testing.T, ep endpoints, o configOptions) (*testenv.Proxy, map[string]*testenv.Front) {
+	t.Helper()
+	cfg := s.storageConfig(ep, places, o)
 	// The GCS client finds the emulator only through the environment, which the proxy inherits
 	// when it starts.
 	t.Setenv("STORAGE_EMULATOR_HOST", ep.gcs)
@@ -302,8 +315,8 @@ func TestStoragePulls(t *testing.T) {
 	index := s.reg.PushOCIIndex(t, upstreamPrefix+"/multi:1.0")
 	s.mirrorImage(t, image)
 	s.mirrorImage(t, index)
-	_, fronts := s.startProxy(t, s.direct(), proxyOptions{})
-	_, namedFronts := s.startProxy(t, s.named(t), proxyOptions{})
+	_, fronts := s.startProxy(t, s.direct(), configOptions{})
+	_, namedFronts := s.startProxy(t, s.named(t), configOptions{})
 
 	amd64 := index.Child(t, "linux/amd64").Blobs()
 	type pull struct {
@@ -385,7 +398,7 @@ func TestStorageSignedURLs(t *testing.T) {
 	image := s.reg.PushOCIImage(t, upstreamPrefix+"/app:1.0")
 	s.mirrorImage(t, image)
 	const ttl = 2 * time.Second
-	proxy, fronts := s.startProxy(t, s.direct(), proxyOptions{s3SigningTTL: ttl})
+	proxy, fronts := s.startProxy(t, s.direct(), configOptions{s3SigningTTL: ttl})
 	layer := image.Layers[0]
 	blobPath := "/v2/app/blobs/"
 
@@ -527,7 +540,7 @@ func TestStorageMirrorDown(t *testing.T) {
 		return d
 	}
 	const timeout = 500 * time.Millisecond
-	proxy, fronts := s.startProxy(t, s.direct(), proxyOptions{presence: "  timeout: 500ms\n  health_after: 2\n  backoff: 2s\n"})
+	proxy, fronts := s.startProxy(t, s.direct(), configOptions{presence: "  timeout: 500ms\n  health_after: 2\n  backoff: 2s\n"})
 	us := fronts[fromUS.name].URL + "/v2/app/blobs/"
 	cached := image.Layers[0]
 

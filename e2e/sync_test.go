@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -21,46 +20,16 @@ import (
 	"github.com/happy-turtle/oci-proxy/syncer"
 )
 
-// syncConfig is the proxy's configuration with the S3 and GCS mirrors empty and writable, the
-// http mirror (which sync cannot write) and a sync section for app and multi.
+// syncConfig writes the proxy's configuration with the S3 and GCS mirrors empty and writable,
+// the http mirror (which sync cannot write) and a sync section for app and multi, and returns its
+// path. The proxy trusts the US and DE fronts.
 func (s *storage) syncConfig(t *testing.T) string {
 	t.Helper()
-	cfg := fmt.Sprintf(`upstream: %q
-trusted_proxies: [%q, %q]
-geoip:
-  database: %q
-mirrors:
-  - name: %s
-    provider: s3
-    bucket: %s
-    endpoint: %q
-    region: %s
-    credentials_file: %q
-    prefix: %s
-    country: US
-    location: {lat: 38.9, lon: -77.4}
-  - name: %s
-    provider: gcs
-    bucket: %s
-    credentials_file: %q
-    prefix: %s
-    country: DE
-    location: {lat: 50.1, lon: 8.7}
-  - name: %s
-    provider: http
-    base_url: %q
-    country: SG
-    location: {lat: 1.35, lon: 103.8}
-sync:
-  repositories:
+	cfg := s.storageConfig(s.direct(), []place{fromUS, fromDE}, configOptions{sync: `  repositories:
     - name: app
       tags: ["1.*"]
     - name: multi
-`,
-		s.reg.URL+"/v2/"+upstreamPrefix+"/", fromUS.front+"/32", fromDE.front+"/32", s.geoip,
-		s3Mirror, mirrorBucket, s.s3.Endpoint, s.s3.Region, s.s3Creds, mirrorPrefix,
-		gcsMirror, mirrorBucket, s.gcsSA, mirrorPrefix,
-		webMirror, s.web.URL+"/"+mirrorPrefix)
+`})
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
