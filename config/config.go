@@ -80,6 +80,7 @@ type Mirror struct {
 	Location         *Location `yaml:"location"`
 	Networks         []string  `yaml:"networks"`
 	CloudRegions     []string  `yaml:"cloud_regions"`
+	ASNs             []uint32  `yaml:"asns"` // clients in these AS numbers prefer this mirror (needs geoip.asn_database)
 	OnlyCountries    []string  `yaml:"only_countries"`
 	OnlyContinents   []string  `yaml:"only_continents"`
 	ExcludeCountries []string  `yaml:"exclude_countries"`

@@ -225,3 +225,18 @@ func TestRouteAuth(t *testing.T) {
 		t.Errorf("route with half an auth: %v", err)
 	}
 }
+
+func TestMirrorASNs(t *testing.T) {
+	base := "upstream: https://a.example/v2/\nmirrors:\n  - {name: isp, provider: http, base_url: \"https://isp.example/\", asns: [3320, 0]}\n"
+	_, err := Parse("x.yaml", []byte(base), Overrides{})
+	for _, want := range []string{`x.yaml:3: mirror "isp": asns: 0 is not an AS number`, `mirror "isp": asns needs geoip.asn_database`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	ok := "upstream: https://a.example/v2/\ngeoip: {asn_database: asn.mmdb}\nmirrors:\n  - {name: isp, provider: http, base_url: \"https://isp.example/\", asns: [3320]}\n"
+	c, err := Parse("x.yaml", []byte(ok), Overrides{})
+	if err != nil || len(c.Mirrors[0].ASNs) != 1 || c.Mirrors[0].ASNs[0] != 3320 {
+		t.Errorf("Parse = %+v, %v", c, err)
+	}
+}

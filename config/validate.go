@@ -320,6 +320,14 @@ func (c *Config) validateMirrors(v *validator) {
 				v.at(p("mirrors", i, "cloud_regions", j), "mirror %q: cloud region %q must look like aws:us-east-1 or gcp:europe-west1", m.Name, r)
 			}
 		}
+		for j, a := range m.ASNs {
+			if a == 0 {
+				v.at(p("mirrors", i, "asns", j), "mirror %q: asns: 0 is not an AS number", m.Name)
+			}
+		}
+		if len(m.ASNs) > 0 && c.GeoIP.ASNDatabase == "" {
+			at("asns", "asns needs geoip.asn_database to know a client's AS number")
+		}
 		for _, list := range []struct {
 			key  string
 			vals []string

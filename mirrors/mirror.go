@@ -37,6 +37,7 @@ type Mirror struct {
 	networks     []netip.Prefix
 	netTag       string // "net:<name>", the tag geo gives addresses in networks
 	cloudRegions []string
+	asns         []uint32 // clients in these autonomous systems prefer this mirror
 
 	onlyCountries    []string
 	onlyContinents   []string
@@ -89,6 +90,7 @@ func NewMirror(c config.Mirror, b Backend, defaultTTL time.Duration) (*Mirror, e
 		continent:        strings.ToUpper(c.Continent),
 		netTag:           "net:" + c.Name,
 		cloudRegions:     c.CloudRegions,
+		asns:             c.ASNs,
 		onlyCountries:    upper(c.OnlyCountries),
 		onlyContinents:   upper(c.OnlyContinents),
 		excludeCountries: upper(c.ExcludeCountries),

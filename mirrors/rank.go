@@ -197,6 +197,9 @@ func tierOf(m *Mirror, loc *geo.Location) tier {
 			}
 		}
 	}
+	if loc.ASN != 0 && slices.Contains(m.asns, loc.ASN) {
+		return tierNetwork
+	}
 	switch {
 	case m.country != "" && m.country == loc.Country:
 		return tierCountry
