@@ -15,7 +15,7 @@ func TestASNTier(t *testing.T) {
 		mustMirror(t, config.Mirror{Name: "isp-cache", Country: "US", Location: atVirginia, ASNs: []uint32{3320}}, newFake("isp-cache", k)),
 	}, Options{})
 	for _, tc := range []struct {
-		asn                  uint32
+		asn                 uint32
 		wantMirror, wantWhy string
 	}{
 		{3320, "isp-cache", ReasonNetwork},
