@@ -56,7 +56,7 @@ type generation struct {
 // New builds the service from cfg. Everything that can fail (files, databases, backends) fails
 // here, with the file or mirror named, before any port is opened.
 func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logger) (*Service, error) {
-	s := &Service{log: log, info: info}
+	s := &Service{log: log, info: info, metrics: NewMetrics(info)}
 	g, err := s.build(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -74,9 +74,6 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	parts, err := BuildParts(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
-	}
-	if s.metrics == nil {
-		s.metrics = NewMetrics(s.info)
 	}
 	g := &generation{cfg: cfg, parts: parts, files: fileStamps(cfg)}
 	mount := map[string]http.Handler{"/metrics": s.metrics.Handler()}

@@ -67,15 +67,7 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 		}
 		ms = append(ms, m)
 	}
-	p.Selector = mirrors.NewSelector(ms, mirrors.Options{
-		Timeout:     cfg.Presence.Timeout,
-		HitTTL:      cfg.Presence.HitTTL,
-		MissTTL:     cfg.Presence.MissTTL,
-		CacheSize:   cfg.Presence.CacheSize,
-		HealthAfter: cfg.Presence.HealthAfter,
-		Backoff:     cfg.Presence.Backoff,
-		Logger:      log,
-	})
+	p.Selector = mirrors.NewSelector(ms, mirrors.OptionsFrom(cfg.Presence, log))
 	return p, nil
 }
 
