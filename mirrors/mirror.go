@@ -32,7 +32,7 @@ type Mirror struct {
 	country   string
 	continent string
 	hasLoc    bool
-	point     point // the configured location, ready for distances
+	point     geo.Point // the configured location, ready for distances
 
 	networks     []netip.Prefix
 	netTag       string // "net:<name>", the tag geo gives addresses in networks
@@ -106,7 +106,7 @@ func NewMirror(c config.Mirror, b Backend, defaultTTL time.Duration) (*Mirror, e
 		if c.Location.Lat < -90 || c.Location.Lat > 90 || c.Location.Lon < -180 || c.Location.Lon > 180 {
 			errs = append(errs, fmt.Errorf("location %v,%v is not a point on Earth", c.Location.Lat, c.Location.Lon))
 		}
-		m.hasLoc, m.point = true, pointAt(c.Location.Lat, c.Location.Lon)
+		m.hasLoc, m.point = true, geo.PointAt(c.Location.Lat, c.Location.Lon)
 	}
 	for _, n := range c.Networks {
 		p, err := netip.ParsePrefix(n)

@@ -62,9 +62,9 @@ func placeKey(lastResort bool, t tier, km float64) uint64 {
 func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) {
 	loc := &q.Loc
 	now := s.now().UnixNano()
-	var client point
+	var client geo.Point
 	if loc.HasCoords {
-		client = pointAt(loc.Lat, loc.Lon)
+		client = geo.PointAt(loc.Lat, loc.Lon)
 	}
 	inScope, unhealthy := 0, 0
 	for i, m := range s.mirrors {
@@ -91,7 +91,7 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 		c := cand{idx: i, lastResort: m.weight == 0, km: math.Inf(1)}
 		c.tier = tierOf(m, loc)
 		if m.hasLoc && loc.HasCoords {
-			c.km = client.km(m.point)
+			c.km = client.DistanceKm(m.point)
 		}
 		c.place = placeKey(c.lastResort, c.tier, c.km)
 		buf = append(buf, c)
@@ -242,26 +242,3 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 31
 	return x
 }
-
-// point is a place as a unit vector, so that the distance to each mirror costs a square root and an
-// arc sine instead of the four further trigonometric calls of geo.DistanceKm, which dominated the
-// cost of ranking. The result is the same haversine distance (TestPointMatchesGeo).
-type point struct{ x, y, z float64 }
-
-func pointAt(lat, lon float64) point {
-	const rad = math.Pi / 180
-	sφ, cφ := math.Sincos(lat * rad)
-	sλ, cλ := math.Sincos(lon * rad)
-	return point{cφ * cλ, cφ * sλ, sφ}
-}
-
-// km returns the great-circle distance: the chord between the two vectors is 2·sin(θ/2), and
-// summing squared differences (rather than taking a dot product) keeps short distances exact.
-func (p point) km(q point) float64 {
-	dx, dy, dz := p.x-q.x, p.y-q.y, p.z-q.z
-	half := math.Sqrt(dx*dx+dy*dy+dz*dz) / 2
-	return 2 * earthRadiusKm * math.Asin(min(half, 1))
-}
-
-// earthRadiusKm is geo's radius, so that both distances agree.
-const earthRadiusKm = 6371.0088

@@ -3,8 +3,6 @@ package mirrors
 import (
 	"context"
 	"errors"
-	"math"
-	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -555,20 +553,5 @@ func TestChooseCanceled(t *testing.T) {
 	d := s.Choose(ctx, Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, 1)})
 	if d.Mirror != "" || !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Errorf("chose %q", name(d))
-	}
-}
-
-func TestPointMatchesGeo(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	pairs := [][4]float64{{50.1, 8.7, 50.1, 8.7}, {50.1, 8.7, 50.1001, 8.7}, {0, 0, 0, 180}, {90, 0, -90, 0}, {1.35, 103.8, -36.8, 174.8}}
-	for range 10000 {
-		pairs = append(pairs, [4]float64{r.Float64()*180 - 90, r.Float64()*360 - 180, r.Float64()*180 - 90, r.Float64()*360 - 180})
-	}
-	for _, p := range pairs {
-		want := geo.DistanceKm(p[0], p[1], p[2], p[3])
-		got := pointAt(p[0], p[1]).km(pointAt(p[2], p[3]))
-		if math.Abs(got-want) > 1e-6 {
-			t.Errorf("%v: %v km, geo says %v km", p, got, want)
-		}
 	}
 }
