@@ -11,7 +11,7 @@ import (
 )
 
 func BenchmarkClientIPFromRequest(b *testing.B) {
-	c := geo.NewClientIP(trustedForTests(b))
+	c := geo.NewClientIP(trustedForTests(b), geo.HeaderAny)
 	r := httptest.NewRequest(http.MethodGet, "/v2/app/blobs/sha256:0", nil)
 	r.RemoteAddr = "10.0.0.1:50000"
 	r.Header.Set("X-Forwarded-For", "81.2.69.142, 10.0.0.3, 10.0.0.2")
@@ -25,7 +25,7 @@ func BenchmarkClientIPFromRequest(b *testing.B) {
 }
 
 func BenchmarkClientIPForwarded(b *testing.B) {
-	c := geo.NewClientIP(trustedForTests(b))
+	c := geo.NewClientIP(trustedForTests(b), geo.HeaderAny)
 	fwd := []string{`for=81.2.69.142;proto=https, for="[fd00::3]:4711", for=10.0.0.2;by=10.0.0.1`}
 	remote, want := addr("10.0.0.1"), addr("81.2.69.142")
 	b.ReportAllocs()
@@ -37,7 +37,7 @@ func BenchmarkClientIPForwarded(b *testing.B) {
 }
 
 func BenchmarkClientIPUntrusted(b *testing.B) {
-	c := geo.NewClientIP(trustedForTests(b))
+	c := geo.NewClientIP(trustedForTests(b), geo.HeaderAny)
 	r := httptest.NewRequest(http.MethodGet, "/v2/app/blobs/sha256:0", nil)
 	r.RemoteAddr = "81.2.69.142:50000"
 	r.Header.Set("X-Forwarded-For", "1.1.1.1")

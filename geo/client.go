@@ -58,13 +58,9 @@ func ParseHeader(s string) (Header, bool) {
 	return 0, false
 }
 
-// NewClientIP trusts the forwarding headers of connections from the given prefixes, reading both
-// headers (HeaderAny). With no prefixes, headers are never trusted and the connection's address
-// is always the client.
-func NewClientIP(trusted []netip.Prefix) *ClientIP { return NewClientIPHeader(trusted, HeaderAny) }
-
-// NewClientIPHeader is NewClientIP believing only the header h.
-func NewClientIPHeader(trusted []netip.Prefix, h Header) *ClientIP {
+// NewClientIP trusts the forwarding header h of connections from the given prefixes. With no
+// prefixes, headers are never trusted and the connection's address is always the client.
+func NewClientIP(trusted []netip.Prefix, h Header) *ClientIP {
 	c := ClientIP{header: h}
 	var rules []NetworkRule
 	for _, p := range trusted {

@@ -141,7 +141,7 @@ func resolveCases() []resolveCase {
 }
 
 func TestResolve(t *testing.T) {
-	c := geo.NewClientIP(trustedForTests(t))
+	c := geo.NewClientIP(trustedForTests(t), geo.HeaderAny)
 	for _, tc := range resolveCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.Resolve(addr(tc.remote), lines(tc.xff), lines(tc.forwarded))
@@ -153,7 +153,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestResolveNoTrustedProxies(t *testing.T) {
-	for _, c := range []*geo.ClientIP{geo.NewClientIP(nil), nil} {
+	for _, c := range []*geo.ClientIP{geo.NewClientIP(nil, geo.HeaderAny), nil} {
 		got := c.Resolve(addr("10.0.0.1"), []string{"81.2.69.142"}, nil)
 		if diff := cmp.Diff(addr("10.0.0.1"), got, addrs()); diff != "" {
 			t.Errorf("mismatch (-want +got):\n%s", diff)
@@ -162,7 +162,7 @@ func TestResolveNoTrustedProxies(t *testing.T) {
 }
 
 func TestFromRequest(t *testing.T) {
-	c := geo.NewClientIP(trustedForTests(t))
+	c := geo.NewClientIP(trustedForTests(t), geo.HeaderAny)
 	tests := []struct {
 		name       string
 		remoteAddr string
@@ -202,7 +202,7 @@ func TestResolveManyTrustedPrefixes(t *testing.T) {
 		trusted = append(trusted, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(i), 0}), 24))
 	}
 	trusted = append(trusted, netip.MustParsePrefix("::ffff:192.168.0.0/112")) // mapped form
-	c := geo.NewClientIP(trusted)
+	c := geo.NewClientIP(trusted, geo.HeaderAny)
 	for _, tc := range resolveCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.Resolve(addr(tc.remote), lines(tc.xff), lines(tc.forwarded))
@@ -235,7 +235,7 @@ func TestFromRequestHeaderChoice(t *testing.T) {
 			r.RemoteAddr = "10.1.2.3:4000"
 			r.Header.Set("X-Forwarded-For", "81.2.69.142")
 			r.Header.Set("Forwarded", "for=89.160.20.112")
-			if got := geo.NewClientIPHeader(trusted, tc.header).FromRequest(r); got.String() != tc.want {
+			if got := geo.NewClientIP(trusted, tc.header).FromRequest(r); got.String() != tc.want {
 				t.Errorf("client = %s, want %s", got, tc.want)
 			}
 		})

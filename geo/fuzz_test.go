@@ -17,7 +17,7 @@ func FuzzResolve(f *testing.F) {
 			f.Add(tc.remote, tc.xff, tc.forwarded)
 		}
 	}
-	c := geo.NewClientIP(trustedForTests(f))
+	c := geo.NewClientIP(trustedForTests(f), geo.HeaderAny)
 	f.Fuzz(func(t *testing.T, remote, xff, forwarded string) {
 		r, _ := netip.ParseAddr(remote)
 		got := c.Resolve(r, lines(xff), lines(forwarded))

@@ -34,7 +34,7 @@ type Parts struct {
 // Failures name the file or mirror.
 func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Parts, error) {
 	header, _ := geo.ParseHeader(cfg.ForwardedHeader) // validated by config
-	p := &Parts{Config: cfg, ClientIP: geo.NewClientIPHeader(cfg.TrustedPrefixes, header)}
+	p := &Parts{Config: cfg, ClientIP: geo.NewClientIP(cfg.TrustedPrefixes, header)}
 	if cfg.GeoIP.Database != "" || cfg.GeoIP.ASNDatabase != "" {
 		g, err := geo.OpenGeoIP(cfg.GeoIP.Database, cfg.GeoIP.ASNDatabase)
 		if err != nil {
