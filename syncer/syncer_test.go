@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/upstream"
 )
@@ -183,7 +184,7 @@ func (u *upstreamRegistry) push(t *testing.T, repoTag string, img v1.Image) []st
 	if err := remote.Write(u.ref(t, repoTag), img); err != nil {
 		t.Fatalf("push %s: %v", repoTag, err)
 	}
-	return imageBlobs(t, img)
+	return testenv.Describe(t, img).Blobs()
 }
 
 func (u *upstreamRegistry) pushIndex(t *testing.T, repoTag string, idx v1.ImageIndex) {
@@ -191,27 +192,6 @@ func (u *upstreamRegistry) pushIndex(t *testing.T, repoTag string, idx v1.ImageI
 	if err := remote.WriteIndex(u.ref(t, repoTag), idx); err != nil {
 		t.Fatalf("push %s: %v", repoTag, err)
 	}
-}
-
-func imageBlobs(t *testing.T, img v1.Image) []string {
-	t.Helper()
-	c, err := img.ConfigName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := []string{c.String()}
-	ls, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range ls {
-		d, err := l.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, d.String())
-	}
-	return out
 }
 
 func randomImage(t *testing.T, layers int) v1.Image {
@@ -235,7 +215,7 @@ func twoPlatformIndex(t *testing.T) (v1.ImageIndex, []v1.Image, []string) {
 		plat, _ := v1.ParsePlatform(p)
 		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: plat}})
 		imgs = append(imgs, img)
-		blobs = append(blobs, imageBlobs(t, img)...)
+		blobs = append(blobs, testenv.Describe(t, img).Blobs()...)
 	}
 	return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...), imgs, blobs
 }
@@ -490,7 +470,7 @@ func TestRef(t *testing.T) {
 		wantSkip  []Skip
 	}{
 		{name: "tag", repo: "app", ref: "1.0", want: appBlobs},
-		{name: "digest of an index's image, whatever the globs", repo: "multi", ref: arm.String(), want: imageBlobs(t, imgs[1])},
+		{name: "digest of an index's image, whatever the globs", repo: "multi", ref: arm.String(), want: testenv.Describe(t, imgs[1]).Blobs()},
 		{name: "unconfigured repository", repo: "nope", ref: "1.0",
 			wantSkip: []Skip{{Repository: "nope", Ref: "1.0", Reason: "not in sync.repositories"}}},
 		{name: "tag outside the globs", repo: "multi", ref: "2.0",

@@ -203,9 +203,6 @@ func unmountUnder(dir string) error {
 	return nil
 }
 
-// Logs returns what dockerd printed so far.
-func (d *Docker) Logs() string { return d.out.String() }
-
 func (d *Docker) env() []string {
 	return []string{
 		"DOCKER_HOST=" + d.Host,
@@ -293,10 +290,4 @@ func (d *Docker) RunDetached(t testing.TB, args ...string) string {
 		}
 	})
 	return id
-}
-
-// ContainerLogs returns the container's output so far.
-func (d *Docker) ContainerLogs(t testing.TB, id string) string {
-	t.Helper()
-	return d.Cmd(t, 30*time.Second, "logs", id)
 }

@@ -135,7 +135,7 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) Image {
 	if err := remote.Write(ref, img, remote.WithContext(ctx), remote.WithAuth(r.auth())); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
-	out := describeImage(t, img)
+	out := Describe(t, img)
 	out.Ref = ref.String()
 	return out
 }
@@ -167,7 +167,7 @@ func (r *Registry) PushIndex(t testing.TB, repoTag string, idx v1.ImageIndex) Im
 		if err != nil {
 			t.Fatalf("index child %s: %v", desc.Digest, err)
 		}
-		c := describeImage(t, child)
+		c := Describe(t, child)
 		c.Ref = ref.Context().Digest(desc.Digest.String()).String()
 		out.Manifests = append(out.Manifests, c)
 	}
@@ -208,7 +208,9 @@ func (r *Registry) auth() authn.Authenticator {
 	return r.Auth
 }
 
-func describeImage(t testing.TB, img v1.Image) Image {
+// Describe returns img's digest, media type, platform, config and layer digests, as Push does
+// for what it pushes.
+func Describe(t testing.TB, img v1.Image) Image {
 	t.Helper()
 	d, err := img.Digest()
 	if err != nil {
