@@ -162,14 +162,23 @@ func TestLoadErrors(t *testing.T) {
 		"syntax.yaml": "upstream: [unclosed\n",
 		"two.yaml":    "upstream: https://a.example/v2/\n---\nlisten: ':1'\n",
 		"type.yaml":   "upstream: https://a.example/v2/\nmirrors: {name: x}\n",
+		// Found by FuzzParse: a multi-line scalar where a mapping belongs gave a message over two
+		// lines, the second without the file name.
+		"scalar.yaml": "0\n\n0",
 	} {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		_, err := Load(p, Overrides{})
-		if err == nil || !strings.HasPrefix(err.Error(), p+":") {
-			t.Errorf("%s: error %v does not start with the file name", name, err)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if !strings.HasPrefix(line, p+":") {
+				t.Errorf("%s: error line %q does not start with the file name", name, line)
+			}
 		}
 	}
 }

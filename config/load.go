@@ -125,6 +125,8 @@ func yamlError(file string, err error) error {
 	}
 	errs := make([]error, 0, len(msgs))
 	for _, m := range msgs {
+		// A message quotes the offending value, which may span lines; one problem, one line.
+		m = strings.ReplaceAll(m, "\n", `\n`)
 		if g := yamlLine.FindStringSubmatch(m); g != nil {
 			msg := g[2]
 			if u := unknownField.FindStringSubmatch(msg); u != nil {
