@@ -242,10 +242,23 @@ func parseNode(s string) netip.Addr {
 		host = s[:i]
 	}
 	a, err := netip.ParseAddr(host)
-	if err != nil {
+	if err != nil || !validZone(a.Zone()) {
 		return netip.Addr{}
 	}
 	return normalizeAddr(a)
+}
+
+// validZone accepts what a proxy on the client's link may write after '%': an interface name or
+// index. netip takes any bytes there, spaces and quotes included, which can only be garbage in a
+// header. The zone is dropped afterwards either way.
+func validZone(z string) bool {
+	for i := 0; i < len(z); i++ {
+		c := z[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // validPort accepts "", ":" followed by up to five digits, or an RFC 7239 obfuscated port

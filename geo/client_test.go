@@ -69,6 +69,9 @@ func resolveCases() []resolveCase {
 		{name: "IPv4-mapped hop unmapped", remote: "10.0.0.1", xff: "::ffff:81.2.69.142", want: "81.2.69.142"},
 		{name: "IPv4-mapped trusted hop is trusted", remote: "10.0.0.1", xff: "81.2.69.142, ::ffff:10.0.0.2", want: "81.2.69.142"},
 		{name: "zone dropped", remote: "10.0.0.1", xff: "fe80::1%eth0", want: "fe80::1"},
+		// Found by FuzzResolve: netip accepts any bytes as a zone.
+		{name: "zone of garbage is a malformed hop", remote: "10.0.0.1", xff: "81.2.69.142, fe80::1% x", want: "10.0.0.1"},
+		{name: "quoted forwarded zone of garbage", remote: "10.0.0.1", forwarded: `for="[::% 00000000000]"`, want: "10.0.0.1"},
 		{name: "garbage after the client", remote: "10.0.0.1", xff: "81.2.69.142, garbage", want: "10.0.0.1"},
 		{name: "garbage stops the walk at the last good hop", remote: "10.0.0.1", xff: "81.2.69.142, garbage, 10.0.0.2", want: "10.0.0.2"},
 		{name: "garbage left of the client is never reached", remote: "10.0.0.1", xff: "garbage, 81.2.69.142, 10.0.0.2", want: "81.2.69.142"},
