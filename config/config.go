@@ -1,6 +1,11 @@
-// Package config defines config.yaml: its schema, strict loading with file:line errors, defaults and
-// validation. A Config is an immutable value once Load returns it; a reload builds a new one.
-// It does not open databases, buckets or sockets: the wiring in cmd does, from a valid Config.
+// Package config reads config.yaml once: it decodes the file strictly (unknown keys refused),
+// checks every value, applies the defaults, and hands out typed, resolved values (netip.Prefix,
+// *url.URL, enums, durations) with each problem reported as "file:line: message", all at once.
+// A Config is immutable once Load returns it; a reload builds a new one.
+//
+// It does not open databases, buckets or sockets, and it knows nothing of the packages that use
+// it: internal/app translates a Config into each package's own input. A value it accepts can be
+// built; one it refuses is refused here, with the same message for validate, serve and resolve.
 package config
 
 import (
@@ -9,155 +14,193 @@ import (
 	"time"
 )
 
-// Config is the whole configuration file.
+// Config is a whole configuration file, checked and resolved.
 type Config struct {
+	// File is the file it was read from, for messages; EnvFile without one.
+	File string
 	// Name is the registry's public host name as users type it (images.example.dev), shown on the
-	// index page; never used to build a redirect.
-	Name           string   `yaml:"name"`
-	Listen         string   `yaml:"listen"`
-	Upstream       string   `yaml:"upstream"`
-	TrustedProxies []string `yaml:"trusted_proxies"`
-	// ForwardedHeader is the header the trusted proxies write: x-forwarded-for (default),
-	// forwarded (RFC 7239) or any.
-	ForwardedHeader string   `yaml:"forwarded_header"`
-	GeoIP           GeoIP    `yaml:"geoip"`
-	CloudRanges     []Ranges `yaml:"cloud_ranges"`
-	Mirrors         []Mirror `yaml:"mirrors"`
-	Signing         Signing  `yaml:"signing"`
-	Presence        Presence `yaml:"presence"`
-	Admin           Admin    `yaml:"admin"`
-	Routes          []Route  `yaml:"routes"`
-	Sync            Sync     `yaml:"sync"`
-
-	// Set by Load from the fields above; not part of the file.
-	File            string         `yaml:"-"`
-	UpstreamURL     *url.URL       `yaml:"-"`
-	TrustedPrefixes []netip.Prefix `yaml:"-"`
+	// index page; never used to build a redirect. "" when not set.
+	Name string
+	// Listen is the service's address, host:port.
+	Listen string
+	// Upstream is the default route's registry URL, with its /v2/ path and ending in "/"; nil when
+	// a route with prefix "" takes its place.
+	Upstream *url.URL
+	// TrustedProxies are the addresses whose forwarding headers are believed, unmapped and masked.
+	TrustedProxies []netip.Prefix
+	// ForwardedHeader is the header the trusted proxies write.
+	ForwardedHeader Header
+	GeoIP           GeoIP
+	CloudRanges     []CloudRanges
+	Mirrors         []Mirror
+	Signing         Signing
+	Presence        Presence
+	Admin           Admin
+	Routes          []Route
+	Sync            Sync
 }
 
-// GeoIP names the MaxMind databases. Both are optional.
+// Header is the forwarding header the trusted proxies write.
+type Header uint8
+
+const (
+	XForwardedFor Header = iota // X-Forwarded-For (the default)
+	Forwarded                   // RFC 7239 Forwarded
+	AnyHeader                   // either; only for proxies known to write both
+)
+
+// GeoIP names the MaxMind databases, as absolute paths; "" when not configured.
 type GeoIP struct {
-	Database    string `yaml:"database"`     // City or Country database (.mmdb)
-	ASNDatabase string `yaml:"asn_database"` // ASN database (.mmdb)
+	Database    string // City or Country database (.mmdb)
+	ASNDatabase string // ASN database (.mmdb)
 }
 
-// Ranges is a cloud provider's published address ranges, mapped to "<cloud>:<region>" tags.
-type Ranges struct {
-	Cloud  string `yaml:"cloud"`  // aws | gcp
-	Format string `yaml:"format"` // aws-ip-ranges | gcp-cloud-json; defaults from Cloud
-	File   string `yaml:"file"`
+// RangeFormat is the format of a cloud provider's published ranges file.
+type RangeFormat uint8
+
+const (
+	AWSIPRanges  RangeFormat = iota + 1 // AWS ip-ranges.json
+	GCPCloudJSON                        // Google Cloud cloud.json
+)
+
+// CloudRanges is a cloud provider's published address ranges, mapped to "<cloud>:<region>" tags.
+type CloudRanges struct {
+	Cloud  string // aws | gcp
+	Format RangeFormat
+	File   string // absolute path
 }
 
-// Location is a point on Earth in degrees.
-type Location struct {
-	Lat float64 `yaml:"lat"`
-	Lon float64 `yaml:"lon"`
-}
+// Provider is the kind of storage a mirror is.
+type Provider uint8
 
-// Mirror is one row of the mirror table.
-type Mirror struct {
-	Name     string `yaml:"name"`
-	Provider string `yaml:"provider"` // s3 | gcs | http
-	Enabled  *bool  `yaml:"enabled"`  // default true
+const (
+	S3 Provider = iota + 1
+	GCS
+	HTTP
+)
 
-	// Storage.
-	Bucket          string `yaml:"bucket"`
-	Region          string `yaml:"region"`
-	Endpoint        string `yaml:"endpoint"` // S3-compatible endpoint, path-style
-	Profile         string `yaml:"profile"`  // AWS shared-config profile
-	CredentialsFile string `yaml:"credentials_file"`
-	BaseURL         string `yaml:"base_url"` // http provider
-	Public          bool   `yaml:"public"`   // gcs: unsigned public URLs
-	Prefix          string `yaml:"prefix"`
-	// AssumePresent skips presence checks: the mirror is known to hold every blob (kept complete
-	// by sync, or a CDN that fills itself from the upstream). A blob it lacks then fails the
-	// client's download, so use it only when that cannot happen.
-	AssumePresent bool `yaml:"assume_present"`
-
-	// Placement and scope.
-	Country          string    `yaml:"country"`
-	Continent        string    `yaml:"continent"` // derived from Country when empty
-	Location         *Location `yaml:"location"`
-	Networks         []string  `yaml:"networks"`
-	CloudRegions     []string  `yaml:"cloud_regions"`
-	ASNs             []uint32  `yaml:"asns"` // clients in these AS numbers prefer this mirror (needs geoip.asn_database)
-	OnlyCountries    []string  `yaml:"only_countries"`
-	OnlyContinents   []string  `yaml:"only_continents"`
-	ExcludeCountries []string  `yaml:"exclude_countries"`
-	AddressFamily    string    `yaml:"address_family"` // "", ipv4, ipv6
-	Weight           *int      `yaml:"weight"`         // default 100
-
-	SigningTTL time.Duration `yaml:"signing_ttl"` // overrides signing.ttl
-
-	// Set by Load.
-	Line int `yaml:"-"`
-}
-
-// IsEnabled reports the effective `enabled`.
-func (m Mirror) IsEnabled() bool { return m.Enabled == nil || *m.Enabled }
-
-// EffectiveWeight reports the effective `weight`.
-func (m Mirror) EffectiveWeight() int {
-	if m.Weight == nil {
-		return DefaultWeight
+func (p Provider) String() string {
+	switch p {
+	case S3:
+		return "s3"
+	case GCS:
+		return "gcs"
+	case HTTP:
+		return "http"
 	}
-	return *m.Weight
+	return ""
 }
 
-// DefaultWeight is a mirror's weight when the file gives none.
-const DefaultWeight = 100
+// Family restricts a mirror to clients of one address family.
+type Family uint8
+
+const (
+	AnyFamily Family = iota
+	IPv4Only
+	IPv6Only
+)
+
+// Point is a place on Earth in degrees: lat in [-90, 90], lon in [-180, 180].
+type Point struct{ Lat, Lon float64 }
+
+// Mirror is one row of the mirror table, with its defaults applied.
+type Mirror struct {
+	Name     string
+	Line     int // where the row starts in File
+	Provider Provider
+	Enabled  bool
+
+	// Storage. Which fields are set depends on Provider; the others are zero.
+	Bucket          string
+	Region          string   // s3 (may be "" with an Endpoint)
+	Endpoint        *url.URL // s3: an S3-compatible service, path style; nil for AWS
+	Profile         string   // s3: a shared-config profile
+	CredentialsFile string   // absolute path; "" for the provider's default chain
+	BaseURL         *url.URL // http: ends in "/"
+	Public          bool     // gcs: unsigned public URLs
+	Prefix          string   // object key prefix: "" or a relative path ending in "/"
+	AssumePresent   bool     // no presence checks: the mirror holds every blob
+
+	// Placement and scope. Codes are upper case and valid.
+	Country          string
+	Continent        string // the country's when not given
+	Location         *Point // nil when not given
+	Networks         []netip.Prefix
+	CloudRegions     []string // like "aws:us-east-1"
+	ASNs             []uint32
+	OnlyCountries    []string
+	OnlyContinents   []string
+	ExcludeCountries []string
+	AddressFamily    Family
+	Weight           int           // 0 to MaxWeight; DefaultWeight when not given
+	SigningTTL       time.Duration // the mirror's signing_ttl, else signing.ttl
+}
 
 // Signing sets the lifetime of signed URLs.
 type Signing struct {
-	TTL time.Duration `yaml:"ttl"` // default 15m
+	TTL time.Duration
 }
 
-// Presence tunes the presence checks and their cache.
+// Presence tunes the presence checks and their cache. Every field is set.
 type Presence struct {
-	Timeout     time.Duration `yaml:"timeout"`      // per check; default 2s
-	HitTTL      time.Duration `yaml:"hit_ttl"`      // default 24h (blobs are immutable)
-	MissTTL     time.Duration `yaml:"miss_ttl"`     // default 30s
-	CacheSize   int           `yaml:"cache_size"`   // entries; default 100000
-	HealthAfter int           `yaml:"health_after"` // consecutive failures before back-off; default 3
-	Backoff     time.Duration `yaml:"backoff"`      // default 10s
+	Timeout     time.Duration // per check; 0 never: DefaultTimeout
+	HitTTL      time.Duration
+	MissTTL     time.Duration
+	CacheSize   int
+	HealthAfter int
+	Backoff     time.Duration
 }
 
 // Admin enables the explanation endpoints.
 type Admin struct {
-	Enabled bool   `yaml:"enabled"`
-	Listen  string `yaml:"listen"`
+	Enabled bool
+	Listen  string // "" serves them on Config.Listen
+}
+
+// Mode is how a route serves manifests, tags and referrers.
+type Mode uint8
+
+const (
+	Redirect Mode = iota // a 307 to the upstream
+	Proxy                // fetched from the upstream and served by oci-proxy
+)
+
+func (m Mode) String() string {
+	if m == Proxy {
+		return "proxy"
+	}
+	return "redirect"
 }
 
 // Route sends names under Prefix to another upstream.
 type Route struct {
-	Prefix   string `yaml:"prefix"`
-	Upstream string `yaml:"upstream"`
-	Mode     string `yaml:"mode"` // redirect | proxy
-	Auth     Auth   `yaml:"auth"`
-
-	UpstreamURL *url.URL `yaml:"-"`
-	Line        int      `yaml:"-"`
+	Prefix   string   // "" or a repository name ending in "/"
+	Upstream *url.URL // with its /v2/ path, ending in "/"
+	Mode     Mode
+	Auth     Auth
+	Line     int
 }
 
-// Auth are credentials for an upstream, read from files.
+// Auth are credentials for an upstream, read from files. The zero value is anonymous.
 type Auth struct {
-	Username     string `yaml:"username"`
-	PasswordFile string `yaml:"password_file"`
+	Username     string
+	PasswordFile string // absolute path
 }
 
 // Sync configures `oci-proxy sync`.
 type Sync struct {
-	Repositories []SyncRepository `yaml:"repositories"`
-	Webhook      Webhook          `yaml:"webhook"`
+	Repositories []SyncRepository
+	Webhook      Webhook
 }
 
-// SyncRepository is a repository to copy, with tag globs (all tags when empty).
+// SyncRepository is a repository to copy, with tag globs (all tags when empty); Name is a valid
+// repository name as clients use it and every glob is valid for path.Match.
 type SyncRepository struct {
-	Name string   `yaml:"name"`
-	Tags []string `yaml:"tags"`
+	Name string
+	Tags []string
 }
 
 // Webhook guards the sync webhooks.
 type Webhook struct {
-	TokenFile string `yaml:"token_file"`
+	TokenFile string // absolute path; "" when not configured
 }

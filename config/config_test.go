@@ -64,7 +64,7 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the repository's config.yaml: %v", err)
 	}
-	if c.UpstreamURL == nil || c.Listen == "" {
+	if c.Upstream == nil || c.Listen == "" {
 		t.Fatalf("config.yaml loaded without upstream or listen: %+v", c)
 	}
 	data := `
@@ -87,18 +87,18 @@ mirrors:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.UpstreamURL.String(); got != "http://127.0.0.2:5000/v2/" {
+	if got := c.Upstream.String(); got != "http://127.0.0.2:5000/v2/" {
 		t.Errorf("upstream = %q", got)
 	}
 	wantPfx := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("2001:db8::1/128")}
-	if diff := cmp.Diff(wantPfx, c.TrustedPrefixes, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(wantPfx, c.TrustedProxies, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("trusted prefixes (-want +got):\n%s", diff)
 	}
 	m := c.Mirrors[0]
-	if m.Country != "DE" || m.Continent != "EU" || m.OnlyContinents[0] != "EU" || m.EffectiveWeight() != DefaultWeight || !m.IsEnabled() || m.Line != 5 {
+	if m.Country != "DE" || m.Continent != "EU" || m.OnlyContinents[0] != "EU" || m.Weight != DefaultWeight || !m.Enabled || m.Line != 5 {
 		t.Errorf("mirror 0 = %+v", m)
 	}
-	if c.Mirrors[1].IsEnabled() || c.Mirrors[1].EffectiveWeight() != 0 {
+	if c.Mirrors[1].Enabled || c.Mirrors[1].Weight != 0 {
 		t.Errorf("mirror 1: enabled/weight not kept: %+v", c.Mirrors[1])
 	}
 	if c.Signing.TTL != 15*time.Minute || c.Presence.MissTTL != DefaultMissTTL || c.Listen != DefaultListen {
@@ -111,11 +111,11 @@ func TestOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.UpstreamURL.String() != "https://b.example/v2/y/" || c.Listen != "127.0.0.1:9" {
-		t.Errorf("overrides not applied: %s %s", c.UpstreamURL, c.Listen)
+	if c.Upstream.String() != "https://b.example/v2/y/" || c.Listen != "127.0.0.1:9" {
+		t.Errorf("overrides not applied: %s %s", c.Upstream, c.Listen)
 	}
 	c, err = FromEnv(Overrides{Upstream: "https://b.example/v2/"})
-	if err != nil || c.UpstreamURL.String() != "https://b.example/v2/" {
+	if err != nil || c.Upstream.String() != "https://b.example/v2/" {
 		t.Errorf("FromEnv = %v, %v", c, err)
 	}
 	if _, err := FromEnv(Overrides{}); err == nil || !strings.Contains(err.Error(), "UpstreamRegistry") {
@@ -139,7 +139,7 @@ func TestParseUpstream(t *testing.T) {
 		{in: "://", err: "not a URL"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			u, err := ParseUpstream(tc.in)
+			u, err := parseUpstream(tc.in)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want one mentioning %q", err, tc.err)
@@ -202,8 +202,8 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if c.UpstreamURL == nil || !strings.HasSuffix(c.UpstreamURL.Path, "/") {
-			t.Fatalf("accepted without a normalised upstream: %+v", c.UpstreamURL)
+		if c.Upstream == nil || !strings.HasSuffix(c.Upstream.Path, "/") {
+			t.Fatalf("accepted without a normalised upstream: %+v", c.Upstream)
 		}
 	})
 }

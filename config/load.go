@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -78,78 +79,49 @@ func FromEnv(ov Overrides) (*Config, error) {
 
 // Parse decodes and validates data as read from file (used in messages).
 func Parse(file string, data []byte, ov Overrides) (*Config, error) {
-	c := &Config{}
-	var root yaml.Node
+	raw := &rawConfig{}
+	var doc yaml.Node
 	if len(bytes.TrimSpace(data)) > 0 {
-		if err := yaml.Unmarshal(data, &root); err != nil {
-			return nil, yamlError(file, err)
-		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))
-		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-			return nil, yamlError(file, err)
+		if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+			return nil, syntaxError(file, err)
 		}
-		// A second document would be silently ignored by the decoder; refuse it instead.
+		// A second document would be silently ignored; refuse it instead.
 		var extra yaml.Node
 		if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: only one YAML document is allowed", file)
 		}
 	}
-	c.File = file
+	root := docRoot(&doc)
+	d := &decoder{file: file}
+	if root.Kind != 0 {
+		d.decode(root, reflect.ValueOf(raw).Elem(), "", "the top level", false, 0)
+	}
 	if ov.Upstream != "" {
-		c.Upstream = ov.Upstream
+		raw.Upstream = ov.Upstream
 	}
 	if ov.Listen != "" {
-		c.Listen = ov.Listen
+		raw.Listen = ov.Listen
 	}
-	v := &validator{file: file, root: docRoot(&root)}
-	c.applyDefaults()
-	c.validate(v)
-	if err := errors.Join(v.errs...); err != nil {
+	v := &validator{file: file, root: root}
+	c := resolve(raw, file, v)
+	if err := errors.Join(append(d.errs, v.errs...)...); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// yamlLine is how yaml.v3 starts a syntax error's message; the line is all this package takes
+// from it, the rest of the message is kept as it is.
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-var unknownField = regexp.MustCompile(`^field (\S+) not found in type config\.(\w+)$`)
 
-// yamlError rewrites the decoder's "line N: ..." messages as "file:N: ...", one per problem.
-func yamlError(file string, err error) error {
-	var msgs []string
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs = te.Errors
-	} else {
-		msgs = []string{strings.TrimPrefix(err.Error(), "yaml: ")}
+// syntaxError rewrites the parser's "yaml: line N: ..." as "file:N: ...", on one line.
+func syntaxError(file string, err error) error {
+	m := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", `\n`)
+	if g := yamlLine.FindStringSubmatch(m); g != nil {
+		return fmt.Errorf("%s:%s: %s", file, g[1], g[2])
 	}
-	errs := make([]error, 0, len(msgs))
-	for _, m := range msgs {
-		// A message quotes the offending value, which may span lines; one problem, one line.
-		m = strings.ReplaceAll(m, "\n", `\n`)
-		if g := yamlLine.FindStringSubmatch(m); g != nil {
-			msg := g[2]
-			if u := unknownField.FindStringSubmatch(msg); u != nil {
-				msg = fmt.Sprintf("unknown key %q in %s", u[1], sectionName(u[2]))
-			}
-			errs = append(errs, fmt.Errorf("%s:%s: %s", file, g[1], msg))
-			continue
-		}
-		errs = append(errs, fmt.Errorf("%s: %s", file, m))
-	}
-	return errors.Join(errs...)
-}
-
-func sectionName(typ string) string {
-	switch typ {
-	case "Config":
-		return "the top level"
-	case "Mirror":
-		return "a mirror"
-	case "SyncRepository":
-		return "a sync repository"
-	}
-	return strings.ToLower(typ)
+	return fmt.Errorf("%s: %s", file, m)
 }
 
 func docRoot(n *yaml.Node) *yaml.Node {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/happy-turtle/oci-proxy/geo/codes"
 	"github.com/oschwald/geoip2-golang/v2"
 )
 
@@ -95,7 +96,7 @@ func (g *GeoIP) DatabaseTypes() (city, asn string) {
 // is set. A record that cannot be decoded counts as no record: a damaged entry must cost one
 // client its nearest mirror, not its image pull.
 func (g *GeoIP) Lookup(addr netip.Addr) Location {
-	addr = normalizeAddr(addr)
+	addr = NormalizeAddr(addr)
 	loc := Location{Addr: addr}
 	if g == nil || !addr.IsValid() {
 		return loc
@@ -110,7 +111,7 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 			loc.Country = c.Country.ISOCode
 			loc.Continent = c.Continent.Code
 			if loc.Continent == "" {
-				loc.Continent = ContinentOf(loc.Country)
+				loc.Continent = codes.ContinentOf(loc.Country)
 			}
 			if c.Location.HasCoordinates() {
 				loc.Lat, loc.Lon, loc.HasCoords = *c.Location.Latitude, *c.Location.Longitude, true
@@ -123,6 +124,19 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 		}
 	}
 	return loc
+}
+
+// ErrClosed is Ready's answer once Close has been called.
+var ErrClosed = errors.New("GeoIP databases closed")
+
+// Ready reports whether lookups can find anything: nil while the databases are open.
+func (g *GeoIP) Ready() error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return ErrClosed
+	}
+	return nil
 }
 
 // Close releases the databases once lookups in flight are done. It is safe to call more than once.

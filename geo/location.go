@@ -19,6 +19,11 @@ type Location struct {
 	Tags []string
 }
 
+// NetTag is the tag of the addresses in a mirror's own `networks`.
+func NetTag(mirror string) string { return netTagPrefix + mirror }
+
+const netTagPrefix = "net:"
+
 // Known reports whether anything beyond the address was found.
 func (l Location) Known() bool {
 	return l.Country != "" || l.Continent != "" || l.HasCoords || len(l.Tags) > 0
@@ -33,3 +38,7 @@ func (l Location) HasTag(t string) bool {
 	}
 	return false
 }
+
+// NormalizeAddr gives one spelling per host: a dual-stack listener reports IPv4 clients as
+// ::ffff:a.b.c.d, and zones only make sense on the machine that printed them.
+func NormalizeAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }

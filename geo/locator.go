@@ -18,7 +18,7 @@ func NewLocator(g *GeoIP, nets *NetworkTable) *Locator {
 // containing it. Tags are shared with the table and must not be modified.
 func (l *Locator) Locate(addr netip.Addr) Location {
 	if l == nil {
-		return Location{Addr: normalizeAddr(addr)}
+		return Location{Addr: NormalizeAddr(addr)}
 	}
 	loc := l.geoip.Lookup(addr)
 	loc.Tags = l.nets.Lookup(loc.Addr)

@@ -44,7 +44,7 @@ func NewNetworkTable(rules []NetworkRule) *NetworkTable {
 	// Tags per terminal node, in rule order, before ancestors are merged in.
 	own := map[int32][]string{}
 	for _, r := range rules {
-		p, ok := normalizePrefix(r.Prefix)
+		p, ok := NormalizePrefix(r.Prefix)
 		if !ok || r.Tag == "" {
 			continue
 		}
@@ -59,7 +59,9 @@ func NewNetworkTable(rules []NetworkRule) *NetworkTable {
 	return t
 }
 
-func normalizePrefix(p netip.Prefix) (netip.Prefix, bool) {
+// NormalizePrefix gives one spelling per network: masked, without a zone, and IPv4-mapped
+// prefixes as IPv4. ok is false for an invalid prefix.
+func NormalizePrefix(p netip.Prefix) (netip.Prefix, bool) {
 	if !p.IsValid() {
 		return netip.Prefix{}, false
 	}

@@ -2,8 +2,6 @@ package mirrors
 
 import (
 	"testing"
-
-	"github.com/happy-turtle/oci-proxy/config"
 )
 
 // TestASNTier checks that a client in one of a mirror's AS numbers gets it as a network match,
@@ -11,8 +9,8 @@ import (
 func TestASNTier(t *testing.T) {
 	k := keyOf(t, 1)
 	s := NewSelector([]*Mirror{
-		mustMirror(t, config.Mirror{Name: "de", Country: "DE", Location: atFrankfurt}, newFake("de", k)),
-		mustMirror(t, config.Mirror{Name: "isp-cache", Country: "US", Location: atVirginia, ASNs: []uint32{3320}}, newFake("isp-cache", k)),
+		mustMirror(t, Spec{Name: "de", Country: "DE", Location: atFrankfurt}, newFake("de", k)),
+		mustMirror(t, Spec{Name: "isp-cache", Country: "US", Location: atVirginia, ASNs: []uint32{3320}}, newFake("isp-cache", k)),
 	}, Options{})
 	for _, tc := range []struct {
 		asn                 uint32

@@ -3,7 +3,6 @@ package mirrors
 import (
 	"testing"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/oci"
 )
 
@@ -11,7 +10,7 @@ import (
 func TestAssumePresent(t *testing.T) {
 	cdn := newFake("cdn") // holds nothing: a check would say absent
 	s := NewSelector([]*Mirror{
-		mustMirror(t, config.Mirror{Name: "cdn", Country: "DE", Location: atFrankfurt, AssumePresent: true}, cdn),
+		mustMirror(t, Spec{Name: "cdn", Country: "DE", Location: atFrankfurt, AssumePresent: true}, cdn),
 	}, Options{})
 	d := s.Choose(t.Context(), Query{Loc: loc("89.160.20.112", "DE", 50.1, 8.7), Digest: digest(t, 7)})
 	if d.Mirror != "cdn" || d.Reason != ReasonCountry || d.URL == nil {
@@ -30,8 +29,8 @@ func TestAssumePresent(t *testing.T) {
 func TestExplainWithoutDigest(t *testing.T) {
 	eu, us := newFake("eu-west"), newFake("us-east")
 	s := NewSelector([]*Mirror{
-		mustMirror(t, config.Mirror{Name: "eu-west", Country: "DE", Location: atFrankfurt}, eu),
-		mustMirror(t, config.Mirror{Name: "us-east", Country: "US", Location: atVirginia}, us),
+		mustMirror(t, Spec{Name: "eu-west", Country: "DE", Location: atFrankfurt}, eu),
+		mustMirror(t, Spec{Name: "us-east", Country: "US", Location: atVirginia}, us),
 	}, Options{})
 	e := s.Explain(t.Context(), Query{Loc: loc("216.160.83.56", "US", 47.6, -122.3), Digest: oci.Digest{}})
 	if e.Decision.Mirror != "us-east" || e.Decision.Reason != ReasonCountry {

@@ -3,8 +3,6 @@ package mirrors
 import (
 	"fmt"
 	"testing"
-
-	"github.com/happy-turtle/oci-proxy/config"
 )
 
 // benchMirrors spreads n mirrors over a few countries and places, all holding blob 1.
@@ -18,7 +16,7 @@ func benchMirrors(b *testing.B, n int) []*Mirror {
 	for i := range ms {
 		c := countries[i%len(countries)]
 		name := fmt.Sprintf("m%03d", i)
-		cfg := config.Mirror{Name: name, Country: c.code, Location: &config.Location{Lat: c.lat + float64(i%5)/10, Lon: c.lon}}
+		cfg := Spec{Name: name, Country: c.code, Location: at(c.lat+float64(i%5)/10, c.lon)}
 		if i%4 == 0 {
 			cfg.ExcludeCountries = []string{"RU"}
 		}

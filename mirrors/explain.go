@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // Explanation is why a blob request goes where it goes: the client's location, every mirror with
@@ -57,7 +58,7 @@ type MirrorExplanation struct {
 
 // ExplainedDecision is a Decision without secrets.
 type ExplainedDecision struct {
-	Mirror  string    `json:"mirror"` // "upstream" for the upstream
+	Mirror  string    `json:"mirror"` // upstream.XMirror for the upstream
 	Reason  string    `json:"reason"`
 	URL     string    `json:"url,omitempty"` // scheme://host/path only
 	Signed  bool      `json:"signed,omitempty"`
@@ -77,7 +78,7 @@ func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 		e.Mirrors[i] = MirrorExplanation{Name: m.name, Provider: m.provider, Weight: m.weight}
 	}
 	cands, why := s.rank(&q, nil, &e)
-	d := upstream(why)
+	d := toUpstream(why)
 	switch {
 	case len(cands) == 0:
 	case q.Digest.IsZero():
@@ -117,7 +118,7 @@ func explainClient(l geo.Location) ExplainedClient {
 func explainDecision(d Decision) ExplainedDecision {
 	e := ExplainedDecision{Mirror: d.Mirror, Reason: d.Reason, Size: d.Size, Expires: d.Expires}
 	if d.Mirror == "" {
-		e.Mirror = "upstream"
+		e.Mirror = upstream.XMirror
 	}
 	if d.URL != nil {
 		e.URL = redact(d.URL)

@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/happy-turtle/oci-proxy/config"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -49,14 +47,14 @@ func TestExplain(t *testing.T) {
 	flaky := fake("flaky", k)
 	flaky.err = errFake
 	ms := []*Mirror{
-		mustMirror(t, config.Mirror{Name: "eu-west", Provider: "gcs", Country: "DE", Location: atFrankfurt}, fake("eu-west", k)),
-		mustMirror(t, config.Mirror{Name: "eu-north", Provider: "s3", Country: "SE", Location: atStockholm}, fake("eu-north")),
-		mustMirror(t, config.Mirror{Name: "us-east", Provider: "s3", Country: "US", Location: atVirginia}, broken),
-		mustMirror(t, config.Mirror{Name: "asia", Country: "SG", Location: atSingapore, OnlyCountries: []string{"SG", "MY"}}, fake("asia", k)),
-		mustMirror(t, config.Mirror{Name: "old", Enabled: ptr(false)}, fake("old", k)),
-		mustMirror(t, config.Mirror{Name: "lab", Country: "SE", Weight: ptr(0)}, fake("lab", k)),
-		mustMirror(t, config.Mirror{Name: "flaky", Country: "FI", Location: &config.Location{Lat: 60.2, Lon: 24.9}}, flaky),
-		mustMirror(t, config.Mirror{Name: "v6", AddressFamily: "ipv6"}, fake("v6", k)),
+		mustMirror(t, Spec{Name: "eu-west", Provider: "gcs", Country: "DE", Location: atFrankfurt}, fake("eu-west", k)),
+		mustMirror(t, Spec{Name: "eu-north", Provider: "s3", Country: "SE", Location: atStockholm}, fake("eu-north")),
+		mustMirror(t, Spec{Name: "us-east", Provider: "s3", Country: "US", Location: atVirginia}, broken),
+		mustMirror(t, Spec{Name: "asia", Country: "SG", Location: atSingapore, OnlyCountries: []string{"SG", "MY"}}, fake("asia", k)),
+		mustMirror(t, Spec{Name: "old", Disabled: true}, fake("old", k)),
+		mustMirror(t, Spec{Name: "lab", Country: "SE", Weight: weight0}, fake("lab", k)),
+		mustMirror(t, Spec{Name: "flaky", Country: "FI", Location: at(60.2, 24.9)}, flaky),
+		mustMirror(t, Spec{Name: "v6", Family: IPv6Only}, fake("v6", k)),
 	}
 	s := NewSelector(ms, Options{Clock: clk.Now})
 	for range 3 {

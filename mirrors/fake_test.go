@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/geo/codes"
 	"github.com/happy-turtle/oci-proxy/oci"
 )
 
@@ -129,9 +129,12 @@ func digest(t testing.TB, n int) oci.Digest {
 
 func keyOf(t testing.TB, n int) string { return Key("blobs/", digest(t, n)) }
 
-func ptr[T any](v T) *T { return &v }
+// weight0 in a test's Spec asks for weight 0: mustMirror gives a zero Weight the configuration's
+// default, as most tests want.
+const weight0 = -1
 
-func mustMirror(t testing.TB, c config.Mirror, b Backend) *Mirror {
+// mustMirror builds a Mirror from c with the defaults the configuration would have applied.
+func mustMirror(t testing.TB, c Spec, b Backend) *Mirror {
 	t.Helper()
 	if c.Prefix == "" {
 		c.Prefix = "blobs/"
@@ -139,24 +142,38 @@ func mustMirror(t testing.TB, c config.Mirror, b Backend) *Mirror {
 	if c.Provider == "" {
 		c.Provider = "http"
 	}
-	m, err := NewMirror(c, b, 15*time.Minute)
-	if err != nil {
-		t.Fatal(err)
+	switch c.Weight {
+	case 0:
+		c.Weight = 100
+	case weight0:
+		c.Weight = 0
 	}
-	return m
+	if c.SigningTTL == 0 {
+		c.SigningTTL = 15 * time.Minute
+	}
+	if c.Continent == "" {
+		c.Continent = codes.ContinentOf(c.Country)
+	}
+	return NewMirror(c, b)
+}
+
+// at is a mirror location.
+func at(lat, lon float64) *geo.Point {
+	p := geo.PointAt(lat, lon)
+	return &p
 }
 
 // Places used across the tests.
 var (
-	atFrankfurt = &config.Location{Lat: 50.1, Lon: 8.7}
-	atStockholm = &config.Location{Lat: 59.3, Lon: 18.1}
-	atVirginia  = &config.Location{Lat: 38.9, Lon: -77.4}
-	atOregon    = &config.Location{Lat: 45.6, Lon: -121.2}
-	atSingapore = &config.Location{Lat: 1.35, Lon: 103.8}
+	atFrankfurt = at(50.1, 8.7)
+	atStockholm = at(59.3, 18.1)
+	atVirginia  = at(38.9, -77.4)
+	atOregon    = at(45.6, -121.2)
+	atSingapore = at(1.35, 103.8)
 )
 
 func loc(addr, country string, coords ...float64) geo.Location {
-	l := geo.Location{Country: country, Continent: geo.ContinentOf(country)}
+	l := geo.Location{Country: country, Continent: codes.ContinentOf(country)}
 	if addr != "" {
 		l.Addr = netip.MustParseAddr(addr)
 	}

@@ -46,7 +46,7 @@ func (s *Selector) failed(i int, err error) {
 	b := s.opts.Backoff
 	st.backoff.Store(int64(b))
 	if st.downUntil.CompareAndSwap(0, s.now().Add(b).UnixNano()) {
-		s.log.Warn("mirror set aside", "mirror", s.mirrors[i].name, "failures", n, "backoff", b, "error", msg)
+		s.log.Warn("mirror set aside", "mirror", s.mirrors[i].name, "failures", n, "backoff", b, "err", msg)
 	}
 }
 
@@ -99,7 +99,7 @@ func (s *Selector) probe(i int, d oci.Digest) {
 	b := min(2*time.Duration(st.backoff.Load()), s.opts.MaxBackoff)
 	st.backoff.Store(int64(b))
 	st.downUntil.Store(s.now().Add(b).UnixNano())
-	s.log.Warn("mirror still failing", "mirror", s.mirrors[i].name, "backoff", b, "error", err.Error())
+	s.log.Warn("mirror still failing", "mirror", s.mirrors[i].name, "backoff", b, "err", err.Error())
 }
 
 // Run checks every enabled mirror each ProbeInterval until ctx ends: a healthy one with a blob it

@@ -1,20 +1,13 @@
 package mirrors
 
 import (
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
-	"strings"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
 )
-
-// DefaultSigningTTL is the lifetime asked of signed URLs when neither the mirror nor the caller of
-// NewMirror sets one.
-const DefaultSigningTTL = 15 * time.Minute
 
 // Mirror is one configured mirror: where it is, whom it may serve, how much traffic it should take
 // and the Backend that stores its blobs. It is immutable once built, so a Selector reads it without
@@ -35,124 +28,94 @@ type Mirror struct {
 	point     geo.Point // the configured location, ready for distances
 
 	networks     []netip.Prefix
-	netTag       string // "net:<name>", the tag geo gives addresses in networks
+	netTag       string // geo.NetTag(name), the tag geo gives addresses in networks
 	cloudRegions []string
 	asns         []uint32 // clients in these autonomous systems prefer this mirror
 
 	onlyCountries    []string
 	onlyContinents   []string
 	excludeCountries []string
-	family           family
+	family           Family
 
 	// nameHash seeds the rendezvous hash; derived from the name (not from process-random state)
 	// so that every replica behind a load balancer picks the same mirror for a client.
 	nameHash uint64
 }
 
-type family uint8
+// Spec is what a Mirror is built from: one row of the mirror table, already checked and with its
+// defaults applied (internal/app translates the configuration into it). Codes are upper case.
+type Spec struct {
+	Name          string        // as in X-Mirror and metric labels
+	Provider      string        // s3, gcs or http: shown in explanations only
+	Prefix        string        // object key prefix; see Key
+	Disabled      bool          // configured but off: never a candidate
+	AssumePresent bool          // skip presence checks: the mirror holds every blob
+	Weight        int           // share among equally ranked mirrors; 0 takes no share
+	SigningTTL    time.Duration // lifetime of signed URLs; must be positive
+
+	Country   string
+	Continent string
+	Location  *geo.Point // nil: no distance ranking for this mirror
+
+	Networks     []netip.Prefix // clients here prefer this mirror (tagged geo.NetTag(Name))
+	CloudRegions []string       // clients in these cloud regions ("aws:us-east-1") prefer it
+	ASNs         []uint32       // clients in these autonomous systems prefer it
+
+	OnlyCountries    []string // serve only clients in these countries; none: all
+	OnlyContinents   []string // serve only clients on these continents; none: all
+	ExcludeCountries []string // never serve clients in these countries
+	Family           Family
+}
+
+// Family restricts a mirror to clients of one address family.
+type Family uint8
 
 const (
-	anyFamily family = iota
-	ipv4Only
-	ipv6Only
+	AnyFamily Family = iota
+	IPv4Only
+	IPv6Only
 )
 
-func (f family) String() string {
+func (f Family) String() string {
 	switch f {
-	case ipv4Only:
+	case IPv4Only:
 		return "ipv4"
-	case ipv6Only:
+	case IPv6Only:
 		return "ipv6"
 	}
 	return ""
 }
 
-// NewMirror builds a Mirror from its configuration row and its backend. defaultTTL is the
-// configuration's signing.ttl, used when the mirror sets no signing_ttl; DefaultSigningTTL when both
-// are zero. The file itself is validated by package config; the errors here are for values that
-// cannot be built at all, so that a Mirror never holds a half-understood setting.
-func NewMirror(c config.Mirror, b Backend, defaultTTL time.Duration) (*Mirror, error) {
-	if c.Name == "" {
-		return nil, errors.New("mirror has no name")
-	}
-	if b == nil {
-		return nil, fmt.Errorf("mirror %q: no backend", c.Name)
-	}
+// NewMirror builds a Mirror from its spec and its backend. It does not check the spec: that is
+// the configuration's job, done once when the file is read.
+func NewMirror(s Spec, b Backend) *Mirror {
 	m := &Mirror{
-		name:             c.Name,
-		provider:         c.Provider,
+		name:             s.Name,
+		provider:         s.Provider,
 		backend:          b,
-		prefix:           c.Prefix,
-		enabled:          c.IsEnabled(),
-		assumed:          c.AssumePresent,
-		weight:           c.EffectiveWeight(),
-		country:          strings.ToUpper(c.Country),
-		continent:        strings.ToUpper(c.Continent),
-		netTag:           "net:" + c.Name,
-		cloudRegions:     c.CloudRegions,
-		asns:             c.ASNs,
-		onlyCountries:    upper(c.OnlyCountries),
-		onlyContinents:   upper(c.OnlyContinents),
-		excludeCountries: upper(c.ExcludeCountries),
+		prefix:           s.Prefix,
+		enabled:          !s.Disabled,
+		assumed:          s.AssumePresent,
+		weight:           s.Weight,
+		signingTTL:       s.SigningTTL,
+		country:          s.Country,
+		continent:        s.Continent,
+		networks:         s.Networks,
+		netTag:           geo.NetTag(s.Name),
+		cloudRegions:     s.CloudRegions,
+		asns:             s.ASNs,
+		onlyCountries:    s.OnlyCountries,
+		onlyContinents:   s.OnlyContinents,
+		excludeCountries: s.ExcludeCountries,
+		family:           s.Family,
 	}
-	var errs []error
-	if m.weight < 0 {
-		errs = append(errs, fmt.Errorf("weight %d is negative", m.weight))
-	}
-	if m.continent == "" && m.country != "" {
-		m.continent = geo.ContinentOf(m.country)
-	}
-	if c.Location != nil {
-		if c.Location.Lat < -90 || c.Location.Lat > 90 || c.Location.Lon < -180 || c.Location.Lon > 180 {
-			errs = append(errs, fmt.Errorf("location %v,%v is not a point on Earth", c.Location.Lat, c.Location.Lon))
-		}
-		m.hasLoc, m.point = true, geo.PointAt(c.Location.Lat, c.Location.Lon)
-	}
-	for _, n := range c.Networks {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("networks: %w", err))
-			continue
-		}
-		m.networks = append(m.networks, p.Masked())
-	}
-	switch strings.ToLower(c.AddressFamily) {
-	case "":
-	case "ipv4":
-		m.family = ipv4Only
-	case "ipv6":
-		m.family = ipv6Only
-	default:
-		errs = append(errs, fmt.Errorf("address_family %q is not ipv4 or ipv6", c.AddressFamily))
-	}
-	switch {
-	case c.SigningTTL > 0:
-		m.signingTTL = c.SigningTTL
-	case c.SigningTTL < 0:
-		errs = append(errs, fmt.Errorf("signing_ttl %v is negative", c.SigningTTL))
-	case defaultTTL > 0:
-		m.signingTTL = defaultTTL
-	default:
-		m.signingTTL = DefaultSigningTTL
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("mirror %q: %w", c.Name, err)
+	if s.Location != nil {
+		m.hasLoc, m.point = true, *s.Location
 	}
 	h := fnv.New64a()
-	h.Write([]byte(c.Name))
+	h.Write([]byte(s.Name))
 	m.nameHash = h.Sum64()
-	return m, nil
-}
-
-func upper(ss []string) []string {
-	if len(ss) == 0 {
-		return nil
-	}
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = strings.ToUpper(s)
-	}
-	return out
+	return m
 }
 
 // Name returns the mirror's configured name, as used in X-Mirror and in metrics labels.
@@ -188,11 +151,11 @@ const (
 // from others, usually has a legal reason.
 func (m *Mirror) scopeOf(loc *geo.Location) scope {
 	switch m.family {
-	case ipv4Only:
+	case IPv4Only:
 		if !loc.Addr.Unmap().Is4() {
 			return outFamily
 		}
-	case ipv6Only:
+	case IPv6Only:
 		if !loc.Addr.Unmap().Is6() {
 			return outFamily
 		}

@@ -13,8 +13,8 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/internal/brief"
 	"github.com/happy-turtle/oci-proxy/oci"
 )
 
@@ -85,20 +85,6 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
-}
-
-// OptionsFrom returns the Options set by the configuration's `presence` section; zero values keep
-// their defaults.
-func OptionsFrom(p config.Presence, log *slog.Logger) Options {
-	return Options{
-		Timeout:     p.Timeout,
-		HitTTL:      p.HitTTL,
-		MissTTL:     p.MissTTL,
-		CacheSize:   p.CacheSize,
-		HealthAfter: p.HealthAfter,
-		Backoff:     p.Backoff,
-		Logger:      log,
-	}
 }
 
 // Query is one blob request to place.
@@ -218,12 +204,12 @@ func (s *Selector) Choose(ctx context.Context, q Query) Decision {
 	}
 	cands, why := s.rank(&q, cs, nil)
 	if len(cands) == 0 {
-		return upstream(why)
+		return toUpstream(why)
 	}
 	return s.walk(ctx, &q, cands, nil)
 }
 
-func upstream(reason string) Decision { return Decision{Reason: reason, Size: -1} }
+func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1} }
 
 // errBudget stops a walk that has used up its time.
 var errBudget = errors.New("no time left for this request")
@@ -266,9 +252,9 @@ func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explana
 	// An error wins over "not present": the blob may well be on the mirror that failed, and that
 	// is what an operator needs to see.
 	if w.failed {
-		return upstream(ReasonError)
+		return toUpstream(ReasonError)
 	}
-	return upstream(ReasonNotPresent)
+	return toUpstream(ReasonNotPresent)
 }
 
 // walker is the state of one walk over the candidates. It copies what it needs of the Query rather
@@ -464,9 +450,5 @@ func shortErr(err error) string {
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	}
-	msg := err.Error()
-	if len(msg) > 160 {
-		msg = msg[:157] + "..."
-	}
-	return msg
+	return brief.Error(err, 160)
 }

@@ -3,13 +3,13 @@ package mirrors
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
 )
 
@@ -18,12 +18,12 @@ func world(t *testing.T) []*Mirror {
 	t.Helper()
 	k := keyOf(t, 1)
 	return []*Mirror{
-		mustMirror(t, config.Mirror{Name: "us-east", Country: "US", Location: atVirginia, CloudRegions: []string{"aws:us-east-1"}}, newFake("us-east", k)),
-		mustMirror(t, config.Mirror{Name: "us-west", Country: "US", Location: atOregon}, newFake("us-west", k)),
-		mustMirror(t, config.Mirror{Name: "eu-west", Country: "DE", Location: atFrankfurt}, newFake("eu-west", k)),
-		mustMirror(t, config.Mirror{Name: "eu-north", Country: "SE", Location: atStockholm}, newFake("eu-north", k)),
-		mustMirror(t, config.Mirror{Name: "asia", Country: "SG", Location: atSingapore}, newFake("asia", k)),
-		mustMirror(t, config.Mirror{Name: "corp", Networks: []string{"192.0.2.0/24"}}, newFake("corp", k)),
+		mustMirror(t, Spec{Name: "us-east", Country: "US", Location: atVirginia, CloudRegions: []string{"aws:us-east-1"}}, newFake("us-east", k)),
+		mustMirror(t, Spec{Name: "us-west", Country: "US", Location: atOregon}, newFake("us-west", k)),
+		mustMirror(t, Spec{Name: "eu-west", Country: "DE", Location: atFrankfurt}, newFake("eu-west", k)),
+		mustMirror(t, Spec{Name: "eu-north", Country: "SE", Location: atStockholm}, newFake("eu-north", k)),
+		mustMirror(t, Spec{Name: "asia", Country: "SG", Location: atSingapore}, newFake("asia", k)),
+		mustMirror(t, Spec{Name: "corp", Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}, newFake("corp", k)),
 	}
 }
 
@@ -60,23 +60,23 @@ func TestChooseScopes(t *testing.T) {
 	k := keyOf(t, 1)
 	tests := []struct {
 		name   string
-		mirror config.Mirror
+		mirror Spec
 		loc    geo.Location
 		want   choice
 	}{
-		{"only_countries in", config.Mirror{OnlyCountries: []string{"de", "AT"}}, loc("81.2.69.142", "AT"), choice{"scoped", "continent"}},
-		{"only_countries out", config.Mirror{OnlyCountries: []string{"DE", "AT"}}, loc("81.2.69.142", "CH"), choice{"other", "weight"}},
-		{"only_countries, unknown country", config.Mirror{OnlyCountries: []string{"DE"}}, loc("81.2.69.142", ""), choice{"other", "fallback:no-geo"}},
-		{"only_continents in", config.Mirror{OnlyContinents: []string{"EU"}}, loc("81.2.69.142", "FR"), choice{"scoped", "continent"}},
-		{"only_continents out", config.Mirror{OnlyContinents: []string{"EU"}}, loc("81.2.69.142", "JP"), choice{"other", "weight"}},
-		{"exclude_countries hit", config.Mirror{ExcludeCountries: []string{"FR"}}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
-		{"exclude_countries miss", config.Mirror{ExcludeCountries: []string{"FR"}}, loc("81.2.69.142", "IT"), choice{"scoped", "continent"}},
-		{"ipv6 only, v4 client", config.Mirror{AddressFamily: "ipv6"}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
-		{"ipv6 only, v6 client", config.Mirror{AddressFamily: "ipv6"}, loc("2001:db8::1", "FR"), choice{"scoped", "continent"}},
-		{"ipv4 only, v6 client", config.Mirror{AddressFamily: "ipv4"}, loc("2001:db8::1", "FR"), choice{"other", "weight"}},
-		{"ipv4 only, v4-mapped client", config.Mirror{AddressFamily: "ipv4"}, loc("::ffff:81.2.69.142", "FR"), choice{"scoped", "continent"}},
-		{"disabled", config.Mirror{Enabled: ptr(false)}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
-		{"weight 0 is a last resort", config.Mirror{Weight: ptr(0)}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
+		{"only_countries in", Spec{OnlyCountries: []string{"DE", "AT"}}, loc("81.2.69.142", "AT"), choice{"scoped", "continent"}},
+		{"only_countries out", Spec{OnlyCountries: []string{"DE", "AT"}}, loc("81.2.69.142", "CH"), choice{"other", "weight"}},
+		{"only_countries, unknown country", Spec{OnlyCountries: []string{"DE"}}, loc("81.2.69.142", ""), choice{"other", "fallback:no-geo"}},
+		{"only_continents in", Spec{OnlyContinents: []string{"EU"}}, loc("81.2.69.142", "FR"), choice{"scoped", "continent"}},
+		{"only_continents out", Spec{OnlyContinents: []string{"EU"}}, loc("81.2.69.142", "JP"), choice{"other", "weight"}},
+		{"exclude_countries hit", Spec{ExcludeCountries: []string{"FR"}}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
+		{"exclude_countries miss", Spec{ExcludeCountries: []string{"FR"}}, loc("81.2.69.142", "IT"), choice{"scoped", "continent"}},
+		{"ipv6 only, v4 client", Spec{Family: IPv6Only}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
+		{"ipv6 only, v6 client", Spec{Family: IPv6Only}, loc("2001:db8::1", "FR"), choice{"scoped", "continent"}},
+		{"ipv4 only, v6 client", Spec{Family: IPv4Only}, loc("2001:db8::1", "FR"), choice{"other", "weight"}},
+		{"ipv4 only, v4-mapped client", Spec{Family: IPv4Only}, loc("::ffff:81.2.69.142", "FR"), choice{"scoped", "continent"}},
+		{"disabled", Spec{Disabled: true}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
+		{"weight 0 is a last resort", Spec{Weight: weight0}, loc("81.2.69.142", "FR"), choice{"other", "weight"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -85,7 +85,7 @@ func TestChooseScopes(t *testing.T) {
 			ms := []*Mirror{
 				mustMirror(t, c, newFake("scoped", k)),
 				// Somewhere unknown, so it wins only when "scoped" is out.
-				mustMirror(t, config.Mirror{Name: "other"}, newFake("other", k)),
+				mustMirror(t, Spec{Name: "other"}, newFake("other", k)),
 			}
 			s := NewSelector(ms, Options{})
 			d := s.Choose(t.Context(), Query{Loc: tt.loc, Digest: digest(t, 1)})
@@ -102,7 +102,7 @@ func TestChooseFallbacks(t *testing.T) {
 	tests := []struct {
 		name  string
 		setup func(near, far *fakeBackend)
-		cfg   func(near, far *config.Mirror)
+		cfg   func(near, far *Spec)
 		loc   geo.Location
 		want  choice
 	}{
@@ -113,11 +113,11 @@ func TestChooseFallbacks(t *testing.T) {
 		{"url error on the nearest", func(n, f *fakeBackend) { n.urlErr = errFake }, nil, fr, choice{"far", "distance"}},
 		{"errors everywhere", func(n, f *fakeBackend) { n.err, f.err = errFake, errFake }, nil, fr, choice{"", "fallback:error"}},
 		{"error and absent", func(n, f *fakeBackend) { n.err = errFake; delete(f.present, k) }, nil, fr, choice{"", "fallback:error"}},
-		{"all disabled", nil, func(n, f *config.Mirror) { n.Enabled, f.Enabled = ptr(false), ptr(false) }, fr, choice{"", "fallback:no-mirror"}},
-		{"all out of scope", nil, func(n, f *config.Mirror) { n.OnlyCountries, f.OnlyCountries = []string{"DE"}, []string{"DE"} }, fr, choice{"", "fallback:no-mirror"}},
-		{"weight 0 used when nothing else has it", func(n, f *fakeBackend) { delete(f.present, k) }, func(n, f *config.Mirror) { n.Weight = ptr(0) }, fr, choice{"near", "continent"}},
+		{"all disabled", nil, func(n, f *Spec) { n.Disabled, f.Disabled = true, true }, fr, choice{"", "fallback:no-mirror"}},
+		{"all out of scope", nil, func(n, f *Spec) { n.OnlyCountries, f.OnlyCountries = []string{"DE"}, []string{"DE"} }, fr, choice{"", "fallback:no-mirror"}},
+		{"weight 0 used when nothing else has it", func(n, f *fakeBackend) { delete(f.present, k) }, func(n, f *Spec) { n.Weight = weight0 }, fr, choice{"near", "continent"}},
 		{"no geo: by weight", nil, nil, loc("81.2.69.142", ""), choice{"far", "fallback:no-geo"}},
-		{"no geo: scoped mirrors are out", nil, func(n, f *config.Mirror) { f.ExcludeCountries = []string{"RU"} }, loc("81.2.69.142", ""), choice{"near", "fallback:no-geo"}},
+		{"no geo: scoped mirrors are out", nil, func(n, f *Spec) { f.ExcludeCountries = []string{"RU"} }, loc("81.2.69.142", ""), choice{"near", "fallback:no-geo"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,8 +125,8 @@ func TestChooseFallbacks(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(nb, fb)
 			}
-			nc := config.Mirror{Name: "near", Country: "DE", Location: atFrankfurt}
-			fc := config.Mirror{Name: "far", Country: "US", Location: atVirginia, Weight: ptr(1000)}
+			nc := Spec{Name: "near", Country: "DE", Location: atFrankfurt}
+			fc := Spec{Name: "far", Country: "US", Location: atVirginia, Weight: 1000}
 			if tt.cfg != nil {
 				tt.cfg(&nc, &fc)
 			}
@@ -162,8 +162,8 @@ func TestChooseTimeouts(t *testing.T) {
 			nb, fb := newFake("near", k), newFake("far", k)
 			nb.delay, fb.delay = tt.near, tt.far
 			s := NewSelector([]*Mirror{
-				mustMirror(t, config.Mirror{Name: "near", Country: "DE", Location: atFrankfurt}, nb),
-				mustMirror(t, config.Mirror{Name: "far", Country: "US", Location: atVirginia}, fb),
+				mustMirror(t, Spec{Name: "near", Country: "DE", Location: atFrankfurt}, nb),
+				mustMirror(t, Spec{Name: "far", Country: "US", Location: atVirginia}, fb),
 			}, Options{Timeout: timeout})
 			start := time.Now()
 			d := s.Choose(t.Context(), Query{Loc: loc("81.2.69.142", "FR", 48.9, 2.35), Digest: digest(t, 1)})
@@ -182,9 +182,9 @@ func TestStableAndWeighted(t *testing.T) {
 	k := keyOf(t, 1)
 	// Two mirrors 30 km apart count as equally near; the third is 300 km away and never wins.
 	ms := []*Mirror{
-		mustMirror(t, config.Mirror{Name: "light", Country: "DE", Location: &config.Location{Lat: 50.1, Lon: 8.7}, Weight: ptr(100)}, newFake("light", k)),
-		mustMirror(t, config.Mirror{Name: "heavy", Country: "DE", Location: &config.Location{Lat: 50.3, Lon: 8.9}, Weight: ptr(300)}, newFake("heavy", k)),
-		mustMirror(t, config.Mirror{Name: "far", Country: "DE", Location: &config.Location{Lat: 52.5, Lon: 13.4}, Weight: ptr(10000)}, newFake("far", k)),
+		mustMirror(t, Spec{Name: "light", Country: "DE", Location: at(50.1, 8.7), Weight: 100}, newFake("light", k)),
+		mustMirror(t, Spec{Name: "heavy", Country: "DE", Location: at(50.3, 8.9), Weight: 300}, newFake("heavy", k)),
+		mustMirror(t, Spec{Name: "far", Country: "DE", Location: at(52.5, 13.4), Weight: 10000}, newFake("far", k)),
 	}
 	s := NewSelector(ms, Options{})
 	q := func(addr string) Query {
@@ -231,8 +231,8 @@ func TestHealth(t *testing.T) {
 	clk := newClock()
 	nb, fb := newFake("near", k), newFake("far", k)
 	s := NewSelector([]*Mirror{
-		mustMirror(t, config.Mirror{Name: "near", Country: "DE", Location: atFrankfurt}, nb),
-		mustMirror(t, config.Mirror{Name: "far", Country: "US", Location: atVirginia}, fb),
+		mustMirror(t, Spec{Name: "near", Country: "DE", Location: atFrankfurt}, nb),
+		mustMirror(t, Spec{Name: "far", Country: "US", Location: atVirginia}, fb),
 	}, Options{Clock: clk.Now, Timeout: 150 * time.Millisecond})
 	q := Query{Loc: loc("81.2.69.142", "DE", 52.5, 13.4), Digest: digest(t, 1)}
 	choose := func() choice { d := s.Choose(t.Context(), q); return choice{d.Mirror, d.Reason} }
@@ -283,7 +283,7 @@ func TestHealth(t *testing.T) {
 	t.Run("only mirror unhealthy", func(t *testing.T) {
 		b := newFake("only", k)
 		b.err = errFake
-		s := NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "only"}, b)}, Options{Clock: clk.Now})
+		s := NewSelector([]*Mirror{mustMirror(t, Spec{Name: "only"}, b)}, Options{Clock: clk.Now})
 		for range 3 {
 			s.Choose(t.Context(), q)
 		}
@@ -297,7 +297,7 @@ func TestRunProbesHotMirrors(t *testing.T) {
 	// Every request is answered from the caches, so only Run can notice the mirror is gone.
 	k := keyOf(t, 1)
 	b := newFake("hot", k)
-	s := NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "hot"}, b)}, Options{ProbeInterval: 5 * time.Millisecond})
+	s := NewSelector([]*Mirror{mustMirror(t, Spec{Name: "hot"}, b)}, Options{ProbeInterval: 5 * time.Millisecond})
 	q := Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, 1)}
 	if d := s.Choose(t.Context(), q); d.Mirror != "hot" {
 		t.Fatalf("warm-up chose %q", name(d))
@@ -321,7 +321,7 @@ func TestPresenceCache(t *testing.T) {
 	setup := func(t *testing.T, opts Options) (*Selector, *fakeBackend) {
 		b := newFake("m", k1)
 		opts.Clock = clk.Now
-		return NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "m"}, b)}, opts), b
+		return NewSelector([]*Mirror{mustMirror(t, Spec{Name: "m"}, b)}, opts), b
 	}
 	q := func(n int) Query { return Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, n)} }
 	_ = k2
@@ -427,7 +427,7 @@ func TestURLCache(t *testing.T) {
 			clk := newClock()
 			b := newFake("m", k)
 			b.sign, b.clock = tt.sign, clk.Now
-			s := NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "m"}, b)}, Options{Clock: clk.Now})
+			s := NewSelector([]*Mirror{mustMirror(t, Spec{Name: "m"}, b)}, Options{Clock: clk.Now})
 			q := Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, 1), Method: "GET"}
 			first := s.Choose(t.Context(), q)
 			clk.Add(tt.after)
@@ -450,53 +450,20 @@ func TestURLCache(t *testing.T) {
 	}
 }
 
+// NewMirror keeps what it is given: checking and defaults are the configuration's job.
 func TestNewMirror(t *testing.T) {
-	b := newFake("m")
-	tests := []struct {
-		name    string
-		c       config.Mirror
-		ttl     time.Duration
-		wantErr string
-		check   func(*Mirror) string
-	}{
-		{name: "defaults", c: config.Mirror{Name: "m", Country: "de"}, check: func(m *Mirror) string {
-			return cmp.Diff([]any{"DE", "EU", 100, true, 15 * time.Minute}, []any{m.country, m.continent, m.weight, m.enabled, m.signingTTL})
-		}},
-		{name: "configured continent wins", c: config.Mirror{Name: "m", Country: "RU", Continent: "as"}, check: func(m *Mirror) string {
-			return cmp.Diff("AS", m.continent)
-		}},
-		{name: "mirror ttl wins", c: config.Mirror{Name: "m", SigningTTL: time.Minute}, ttl: time.Hour, check: func(m *Mirror) string {
-			return cmp.Diff(time.Minute, m.signingTTL)
-		}},
-		{name: "networks are masked", c: config.Mirror{Name: "m", Networks: []string{"10.1.2.3/8", "2001:db8::/32"}}, check: func(m *Mirror) string {
-			return cmp.Diff("[10.0.0.0/8 2001:db8::/32]", fmtPrefixes(m.Networks()))
-		}},
-		{name: "no name", c: config.Mirror{}, wantErr: "mirror has no name"},
-		{name: "bad network", c: config.Mirror{Name: "m", Networks: []string{"10.0.0.0/33"}}, wantErr: `mirror "m": networks: netip.ParsePrefix("10.0.0.0/33"): prefix length out of range`},
-		{name: "bad family", c: config.Mirror{Name: "m", AddressFamily: "ipx"}, wantErr: `mirror "m": address_family "ipx" is not ipv4 or ipv6`},
-		{name: "negative weight", c: config.Mirror{Name: "m", Weight: ptr(-1)}, wantErr: `mirror "m": weight -1 is negative`},
-		{name: "off the planet", c: config.Mirror{Name: "m", Location: &config.Location{Lat: 91}}, wantErr: `mirror "m": location 91,0 is not a point on Earth`},
-		{name: "several problems at once", c: config.Mirror{Name: "m", Weight: ptr(-1), AddressFamily: "x"}, wantErr: "mirror \"m\": weight -1 is negative\naddress_family \"x\" is not ipv4 or ipv6"},
+	spec := Spec{
+		Name: "m", Provider: "s3", Prefix: "p/", Weight: 7, SigningTTL: time.Minute, Country: "RU", Continent: "AS",
+		Location: at(55.7, 37.6), Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Family: IPv6Only,
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m, err := NewMirror(tt.c, b, tt.ttl)
-			if tt.wantErr != "" {
-				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := tt.check(m); diff != "" {
-				t.Error(diff)
-			}
-		})
+	m := NewMirror(spec, newFake("m"))
+	got := []any{m.Name(), m.Provider(), m.Prefix(), m.weight, m.signingTTL, m.country, m.continent, m.hasLoc, m.enabled, m.family, fmtPrefixes(m.Networks()), m.netTag}
+	want := []any{"m", "s3", "p/", 7, time.Minute, "RU", "AS", true, true, IPv6Only, "[10.0.0.0/8]", "net:m"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("mirror (-want +got):\n%s", diff)
 	}
-	if _, err := NewMirror(config.Mirror{Name: "m"}, nil, 0); err == nil {
-		t.Error("no error for a nil backend")
+	if NewMirror(Spec{Name: "off", Disabled: true}, newFake("off")).enabled {
+		t.Error("a disabled spec built an enabled mirror")
 	}
 }
 
@@ -534,7 +501,7 @@ func TestCacheBound(t *testing.T) {
 
 	t.Run("selector presence cache is bounded", func(t *testing.T) {
 		b := newFake("m")
-		s := NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "m"}, b)}, Options{CacheSize: 10})
+		s := NewSelector([]*Mirror{mustMirror(t, Spec{Name: "m"}, b)}, Options{CacheSize: 10})
 		for i := range 100 {
 			s.Choose(t.Context(), Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, i)})
 		}
@@ -547,7 +514,7 @@ func TestCacheBound(t *testing.T) {
 func TestChooseCanceled(t *testing.T) {
 	b := newFake("m", keyOf(t, 1))
 	b.delay = time.Second
-	s := NewSelector([]*Mirror{mustMirror(t, config.Mirror{Name: "m"}, b)}, Options{})
+	s := NewSelector([]*Mirror{mustMirror(t, Spec{Name: "m"}, b)}, Options{})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
 	defer cancel()
 	d := s.Choose(ctx, Query{Loc: loc("81.2.69.142", "DE"), Digest: digest(t, 1)})

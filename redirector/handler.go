@@ -35,6 +35,10 @@ type BlobTarget struct {
 	Country string
 }
 
+// ReasonNoMirrors is the X-Mirror-Reason of a blob sent to the upstream because no BlobRouter is
+// configured.
+const ReasonNoMirrors = "no-mirrors"
+
 // BlobRouter chooses where a blob request goes. It must answer (falling back to the upstream)
 // rather than fail: a blob the upstream has is never refused because a mirror misbehaved.
 type BlobRouter interface {
@@ -59,7 +63,7 @@ type Observer interface {
 type Options struct {
 	// Upstream maps repository names to the upstream registry.
 	Upstream *upstream.Table
-	// Blobs routes blob requests; nil sends every blob to the upstream (reason "no-mirrors").
+	// Blobs routes blob requests; nil sends every blob to the upstream (ReasonNoMirrors).
 	Blobs BlobRouter
 	// ClientAddr finds the client's address; nil uses the connection's address.
 	ClientAddr func(*http.Request) netip.Addr
@@ -191,7 +195,7 @@ func (h *Handler) serve(w *recorder, r *http.Request) Kind {
 		var loc string
 		switch route.Kind {
 		case KindManifest:
-			loc = up.URL(name, "manifests", route.Reference(), "")
+			loc = up.URL(name, "manifests", route.Ref.String(), "")
 		case KindTags:
 			loc = up.URL(name, "tags", "list", route.Query)
 		case KindReferrers:
@@ -215,9 +219,9 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
 	if t.URL == "" {
 		up, name := h.opts.Upstream.Lookup(route.Name)
 		t.URL = up.URL(name, "blobs", route.Digest.String(), "")
-		t.Mirror = "upstream"
+		t.Mirror = upstream.XMirror
 		if t.Reason == "" {
-			t.Reason = "no-mirrors"
+			t.Reason = ReasonNoMirrors
 		}
 	}
 	w.mirror, w.reason, w.country = t.Mirror, t.Reason, t.Country
@@ -262,7 +266,7 @@ func (h *Handler) serveOther(w *recorder, r *http.Request, path string) {
 	case "/readyz":
 		if h.opts.Ready != nil {
 			if err := h.opts.Ready(); err != nil {
-				h.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready", slog.String("error", err.Error()))
+				h.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready", slog.String("err", err.Error()))
 				plain(w, r, http.StatusServiceUnavailable, "not ready\n")
 				return
 			}

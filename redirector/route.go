@@ -13,9 +13,11 @@ import (
 // Kind is what a /v2/ request asks for.
 type Kind uint8
 
-// The kinds of /v2/ requests. The zero Kind is never returned with a nil error.
+// The kinds of requests. ParsePath never returns KindOther with a nil error.
 const (
-	KindBase Kind = iota + 1
+	// KindOther is a request outside /v2/ (index page, health, metrics).
+	KindOther Kind = iota
+	KindBase
 	KindManifest
 	KindTags
 	KindReferrers
@@ -24,7 +26,6 @@ const (
 	KindInvalid
 )
 
-// Kind 0 is a request outside /v2/ (index page, health, metrics).
 var kindNames = [...]string{"other", "base", "manifest", "tags", "referrers", "blob", "invalid"}
 
 // String is the name used in logs and metric labels.
@@ -49,18 +50,10 @@ const maxPageSize = 100000
 // grammar allows, so they can be placed in a URL as they are.
 type Route struct {
 	Kind   Kind
-	Name   string     // repository name; empty for KindBase
-	Tag    string     // KindManifest by tag
-	Digest oci.Digest // KindManifest by digest, KindBlob, KindReferrers
-	Query  string     // re-encoded validated query (tags: n, last; referrers: artifactType), or ""
-}
-
-// Reference returns the tag or digest of a manifest route.
-func (r Route) Reference() string {
-	if r.Tag != "" {
-		return r.Tag
-	}
-	return r.Digest.String()
+	Name   string        // repository name; empty for KindBase
+	Ref    oci.Reference // KindManifest: a tag or a digest
+	Digest oci.Digest    // KindBlob, KindReferrers
+	Query  string        // re-encoded validated query (tags: n, last; referrers: artifactType), or ""
 }
 
 // String renders the route as the path (and query) it was parsed from.
@@ -70,7 +63,7 @@ func (r Route) String() string {
 	case KindBase:
 		return "/v2/"
 	case KindManifest:
-		s = "/v2/" + r.Name + "/manifests/" + r.Reference()
+		s = "/v2/" + r.Name + "/manifests/" + r.Ref.String()
 	case KindTags:
 		s = "/v2/" + r.Name + "/tags/list"
 	case KindReferrers:
@@ -174,17 +167,14 @@ func ParsePath(path, rawQuery string) (Route, *Error) {
 		if e := validName(name); e != nil {
 			return Route{}, e
 		}
-		if oci.LooksLikeDigest(ref) {
-			d, err := oci.ParseDigest(ref)
-			if err != nil {
-				return Route{}, errDigestInvalid
-			}
-			return Route{Kind: KindManifest, Name: name, Digest: d}, nil
-		}
-		if oci.ValidateTag(ref) != nil {
+		rf, err := oci.ParseReference(ref)
+		switch {
+		case errors.Is(err, oci.ErrDigest):
+			return Route{}, errDigestInvalid
+		case err != nil:
 			return Route{}, errTagInvalid
 		}
-		return Route{Kind: KindManifest, Name: name, Tag: ref}, nil
+		return Route{Kind: KindManifest, Name: name, Ref: rf}, nil
 	case "blobs", "referrers":
 		if e := validName(name); e != nil {
 			return Route{}, e

@@ -29,16 +29,16 @@ var validPaths = []struct {
 }{
 	{"/v2/", "", Route{Kind: KindBase}},
 	{"/v2", "", Route{Kind: KindBase}},
-	{"/v2/app/manifests/1.0", "", Route{Kind: KindManifest, Name: "app", Tag: "1.0"}},
-	{"/v2/app/manifests/latest", "ignored=1", Route{Kind: KindManifest, Name: "app", Tag: "latest"}},
-	{"/v2/a/b/c/manifests/v1.2.3-rc_1", "", Route{Kind: KindManifest, Name: "a/b/c", Tag: "v1.2.3-rc_1"}},
-	{"/v2/my-app/manifests/_x", "", Route{Kind: KindManifest, Name: "my-app", Tag: "_x"}},
-	{"/v2/my--app/manifests/X", "", Route{Kind: KindManifest, Name: "my--app", Tag: "X"}},
-	{"/v2/a.b_c__d/manifests/x", "", Route{Kind: KindManifest, Name: "a.b_c__d", Tag: "x"}},
-	{"/v2/app/manifests/" + strings.Repeat("t", 128), "", Route{Kind: KindManifest, Name: "app", Tag: strings.Repeat("t", 128)}},
+	{"/v2/app/manifests/1.0", "", Route{Kind: KindManifest, Name: "app", Ref: oci.TagReference("1.0")}},
+	{"/v2/app/manifests/latest", "ignored=1", Route{Kind: KindManifest, Name: "app", Ref: oci.TagReference("latest")}},
+	{"/v2/a/b/c/manifests/v1.2.3-rc_1", "", Route{Kind: KindManifest, Name: "a/b/c", Ref: oci.TagReference("v1.2.3-rc_1")}},
+	{"/v2/my-app/manifests/_x", "", Route{Kind: KindManifest, Name: "my-app", Ref: oci.TagReference("_x")}},
+	{"/v2/my--app/manifests/X", "", Route{Kind: KindManifest, Name: "my--app", Ref: oci.TagReference("X")}},
+	{"/v2/a.b_c__d/manifests/x", "", Route{Kind: KindManifest, Name: "a.b_c__d", Ref: oci.TagReference("x")}},
+	{"/v2/app/manifests/" + strings.Repeat("t", 128), "", Route{Kind: KindManifest, Name: "app", Ref: oci.TagReference(strings.Repeat("t", 128))}},
 	// A name may contain the words the parser looks for: the kind is read from the right.
-	{"/v2/manifests/manifests/manifests", "", Route{Kind: KindManifest, Name: "manifests", Tag: "manifests"}},
-	{"/v2/x/blobs/y/manifests/tags", "", Route{Kind: KindManifest, Name: "x/blobs/y", Tag: "tags"}},
+	{"/v2/manifests/manifests/manifests", "", Route{Kind: KindManifest, Name: "manifests", Ref: oci.TagReference("manifests")}},
+	{"/v2/x/blobs/y/manifests/tags", "", Route{Kind: KindManifest, Name: "x/blobs/y", Ref: oci.TagReference("tags")}},
 	{"/v2/tags/list/tags/list", "", Route{Kind: KindTags, Name: "tags/list"}},
 	{"/v2/app/manifests/sha256:" + hex64, "", Route{Kind: KindManifest, Name: "app"}},
 	{"/v2/app/manifests/sha512:" + hex128, "", Route{Kind: KindManifest, Name: "app"}},
@@ -50,7 +50,7 @@ var validPaths = []struct {
 	{"/v2/app/tags/list", "n=0", Route{Kind: KindTags, Name: "app", Query: "n=0"}},
 	{"/v2/app/referrers/sha256:" + hex64, "", Route{Kind: KindReferrers, Name: "app"}},
 	{"/v2/app/referrers/sha256:" + hex64, "artifactType=application/vnd.example.sbom%2Bjson", Route{Kind: KindReferrers, Name: "app", Query: "artifactType=application%2Fvnd.example.sbom%2Bjson"}},
-	{"/v2/" + strings.Repeat("a", 255) + "/manifests/x", "", Route{Kind: KindManifest, Name: strings.Repeat("a", 255), Tag: "x"}},
+	{"/v2/" + strings.Repeat("a", 255) + "/manifests/x", "", Route{Kind: KindManifest, Name: strings.Repeat("a", 255), Ref: oci.TagReference("x")}},
 }
 
 func TestParsePathValid(t *testing.T) {
@@ -62,7 +62,11 @@ func TestParsePathValid(t *testing.T) {
 			}
 			want := tc.want
 			if ref := tc.path[strings.LastIndexByte(tc.path, '/')+1:]; strings.Contains(ref, ":") {
-				want.Digest = mustDigest(t, ref)
+				if want.Kind == KindManifest {
+					want.Ref = oci.DigestReference(mustDigest(t, ref))
+				} else {
+					want.Digest = mustDigest(t, ref)
+				}
 			}
 			if diff := cmp.Diff(want, got, cmp.AllowUnexported(oci.Digest{})); diff != "" {
 				t.Errorf("route (-want +got):\n%s", diff)

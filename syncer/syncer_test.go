@@ -27,9 +27,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
 	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
@@ -223,7 +223,7 @@ func twoPlatformIndex(t *testing.T) (v1.ImageIndex, []v1.Image, []string) {
 const testPrefix = "blobs/"
 
 // setup returns a syncer over u for repos, with two fake targets.
-func setup(t *testing.T, u *upstreamRegistry, repos []config.SyncRepository, opts Options, extra ...config.Mirror) (*Syncer, *fakeStore, *fakeStore) {
+func setup(t *testing.T, u *upstreamRegistry, repos []Repository, opts Options, skipped ...SkippedMirror) (*Syncer, *fakeStore, *fakeStore) {
 	t.Helper()
 	base, err := url.Parse(u.srv.URL + "/v2/acme/")
 	if err != nil {
@@ -234,12 +234,8 @@ func setup(t *testing.T, u *upstreamRegistry, repos []config.SyncRepository, opt
 		t.Fatal(err)
 	}
 	a, b := newFakeStore(), newFakeStore()
-	cfg := &config.Config{
-		Mirrors: append([]config.Mirror{{Name: "a", Provider: "s3"}, {Name: "b", Provider: "gcs"}}, extra...),
-		Sync:    config.Sync{Repositories: repos},
-	}
 	targets := []Target{{Name: "a", Prefix: testPrefix, Writer: a}, {Name: "b", Prefix: "", Writer: b}}
-	return New(cfg, ups, targets, opts), a, b
+	return New(Plan{Repositories: repos, Skipped: skipped}, ups, targets, opts), a, b
 }
 
 func sorted(s []string) []string {
@@ -267,8 +263,8 @@ func TestAllCopiesEveryBlobOnce(t *testing.T) {
 	idx, _, idxBlobs := twoPlatformIndex(t)
 	u.pushIndex(t, "multi:1.0", idx)
 
-	s, a, b := setup(t, u, []config.SyncRepository{{Name: "app"}, {Name: "multi"}}, Options{Concurrency: 3},
-		config.Mirror{Name: "web", Provider: "http"}, config.Mirror{Name: "off", Provider: "s3", Enabled: new(false)})
+	s, a, b := setup(t, u, []Repository{{Name: "app"}, {Name: "multi"}}, Options{Concurrency: 3},
+		SkippedMirror{"web", "not writable (http mirror)"}, SkippedMirror{"off", "disabled"})
 	rep := runAll(t, s)
 
 	want := sorted(append(slices.Clone(imgBlobs), idxBlobs...))
@@ -320,7 +316,7 @@ func TestAllTagGlobs(t *testing.T) {
 	bl := u.push(t, "app:latest", randomImage(t, 1))
 	u.push(t, "other:1.0", randomImage(t, 1)) // not configured
 
-	s, a, _ := setup(t, u, []config.SyncRepository{{Name: "app", Tags: []string{"1.*", "latest"}}}, Options{})
+	s, a, _ := setup(t, u, []Repository{{Name: "app", Tags: []string{"1.*", "latest"}}}, Options{})
 	rep := runAll(t, s)
 	want := sorted(slices.Concat(b10, b11, bl))
 	if diff := cmp.Diff(want, a.digests(t, testPrefix)); diff != "" {
@@ -335,7 +331,7 @@ func TestAllTagGlobs(t *testing.T) {
 func TestAllDryRun(t *testing.T) {
 	u := startUpstream(t)
 	blobs := u.push(t, "app:1.0", randomImage(t, 2))
-	s, a, b := setup(t, u, []config.SyncRepository{{Name: "app"}}, Options{DryRun: true})
+	s, a, b := setup(t, u, []Repository{{Name: "app"}}, Options{DryRun: true})
 	// One blob is already on a.
 	present := blobFor(t, u, "app", blobs[1])
 	a.objects[testPrefix+"sha256/"+strings.TrimPrefix(blobs[1], "sha256:")] = present
@@ -382,7 +378,7 @@ func blobFor(t *testing.T, u *upstreamRegistry, repo, digest string) []byte {
 func TestAllPresentBlobsSkipped(t *testing.T) {
 	u := startUpstream(t)
 	blobs := u.push(t, "app:1.0", randomImage(t, 2))
-	s, a, _ := setup(t, u, []config.SyncRepository{{Name: "app"}}, Options{})
+	s, a, _ := setup(t, u, []Repository{{Name: "app"}}, Options{})
 	key := testPrefix + "sha256/" + strings.TrimPrefix(blobs[0], "sha256:")
 	a.objects[key] = blobFor(t, u, "app", blobs[0])
 	rep := runAll(t, s)
@@ -399,7 +395,7 @@ func TestAllWrongBytesFromUpstream(t *testing.T) {
 	blobs := u.push(t, "app:1.0", randomImage(t, 2))
 	bad := blobs[1]
 	u.corrupt[bad] = true
-	s, a, b := setup(t, u, []config.SyncRepository{{Name: "app"}}, Options{})
+	s, a, b := setup(t, u, []Repository{{Name: "app"}}, Options{})
 	rep := runAll(t, s)
 
 	want := sorted(slices.DeleteFunc(slices.Clone(blobs), func(d string) bool { return d == bad }))
@@ -428,7 +424,7 @@ func TestAllWrongBytesFromUpstream(t *testing.T) {
 func TestAllStatError(t *testing.T) {
 	u := startUpstream(t)
 	blobs := u.push(t, "app:1.0", randomImage(t, 1))
-	s, a, b := setup(t, u, []config.SyncRepository{{Name: "app"}}, Options{})
+	s, a, b := setup(t, u, []Repository{{Name: "app"}}, Options{})
 	a.statErr = errors.New("service unavailable")
 	rep := runAll(t, s)
 	if len(rep.Targets[0].Failed) != len(blobs) || a.putCount() != 0 {
@@ -441,7 +437,7 @@ func TestAllStatError(t *testing.T) {
 
 func TestAllUnreachableUpstream(t *testing.T) {
 	u := startUpstream(t)
-	s, _, _ := setup(t, u, []config.SyncRepository{{Name: "app"}}, Options{Timeout: 5 * time.Second})
+	s, _, _ := setup(t, u, []Repository{{Name: "app"}}, Options{Timeout: 5 * time.Second})
 	u.srv.Close()
 	rep := runAll(t, s)
 	if len(rep.Errors) != 1 || rep.Errors[0].Repository != "app" || !strings.Contains(rep.Errors[0].Reason, "list tags") {
@@ -461,7 +457,7 @@ func TestRef(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repos := []config.SyncRepository{{Name: "app", Tags: []string{"1.*"}}, {Name: "multi", Tags: []string{"1.*"}}}
+	repos := []Repository{{Name: "app", Tags: []string{"1.*"}}, {Name: "multi", Tags: []string{"1.*"}}}
 
 	tests := []struct {
 		name      string
@@ -481,7 +477,11 @@ func TestRef(t *testing.T) {
 			s, a, _ := setup(t, u, repos, Options{})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			rep, err := s.Ref(ctx, tt.repo, tt.ref)
+			rf, err := oci.ParseReference(tt.ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := s.Ref(ctx, tt.repo, rf)
 			if err != nil {
 				t.Fatalf("Ref: %v", err)
 			}

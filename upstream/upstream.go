@@ -10,6 +10,10 @@ import (
 	"strings"
 )
 
+// XMirror is the X-Mirror value (and the metric label) of a blob sent to the upstream rather than
+// to a mirror, which is why no mirror may have this name.
+const XMirror = "upstream"
+
 // Route sends repository names under Prefix to Base. Base is the upstream's /v2/ URL with any
 // repository prefix of its own, ending in "/", e.g. https://ghcr.io/v2/acme/.
 type Route struct {

@@ -10,22 +10,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/app"
-	"github.com/happy-turtle/oci-proxy/mirrors"
-	"github.com/happy-turtle/oci-proxy/oci"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
@@ -110,27 +105,6 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// loadConfig loads the file, or, without one, runs on the UpstreamRegistry variable alone.
-func loadConfig(path, listen string) (*config.Config, error) {
-	ov := overrides(listen)
-	if path == "" {
-		if ov.Upstream == "" {
-			return nil, errors.New("no configuration: pass --config FILE or set UpstreamRegistry")
-		}
-		return config.FromEnv(ov)
-	}
-	return config.Load(path, ov)
-}
-
-// overrides are the settings of the environment and command line that beat the file's.
-func overrides(listen string) config.Overrides {
-	ov := config.Overrides{Upstream: os.Getenv("UpstreamRegistry"), Listen: listen}
-	if ov.Listen == "" && os.Getenv("PORT") != "" {
-		ov.Listen = ":" + os.Getenv("PORT")
-	}
-	return ov
-}
-
 func serve(args []string, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	cfgPath := fs.String("config", "", "configuration file (YAML)")
@@ -145,7 +119,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath, *listen)
+	cfg, err := app.LoadServeConfig(*cfgPath, *listen)
 	if err != nil {
 		return err
 	}
@@ -157,7 +131,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer svc.Close()
 	if *cfgPath != "" {
-		svc.Watch(*cfgPath, overrides(*listen), *reloadEvery)
+		svc.Watch(*cfgPath, *listen, *reloadEvery)
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -181,59 +155,30 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath, config.Overrides{Upstream: os.Getenv("UpstreamRegistry")})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s: ok (upstream %s, %d mirrors)\n", *cfgPath, cfg.UpstreamURL, len(cfg.Mirrors))
-	return nil
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return app.Validate(ctx, *cfgPath, stdout)
 }
 
 func resolve(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("resolve", stderr)
 	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
-	ipFlag := fs.String("ip", "", "client address to explain (required)")
-	digestFlag := fs.String("digest", "", "blob digest; checks which mirrors hold it (optional)")
-	method := fs.String("method", "GET", "GET or HEAD")
-	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	var q app.ResolveQuery
+	fs.StringVar(&q.IP, "ip", "", "client address to explain (required)")
+	fs.StringVar(&q.Digest, "digest", "", "blob digest; checks which mirrors hold it (optional)")
+	fs.StringVar(&q.Method, "method", "GET", "GET or HEAD")
+	fs.BoolVar(&q.JSON, "json", false, "print JSON instead of text")
 	if err := parse(fs, args); err != nil {
-		return err
-	}
-	addr, err := netip.ParseAddr(*ipFlag)
-	if err != nil {
-		fmt.Fprintf(stderr, "oci-proxy resolve: --ip must be an IP address, not %q\n", *ipFlag)
-		return errUsage
-	}
-	var d oci.Digest
-	if *digestFlag != "" {
-		if d, err = oci.ParseDigest(*digestFlag); err != nil {
-			fmt.Fprintf(stderr, "oci-proxy resolve: --digest: %v\n", err)
-			return errUsage
-		}
-	}
-	if *method != "GET" && *method != "HEAD" {
-		fmt.Fprintf(stderr, "oci-proxy resolve: --method must be GET or HEAD\n")
-		return errUsage
-	}
-	cfg, err := config.Load(*cfgPath, config.Overrides{Upstream: os.Getenv("UpstreamRegistry")})
-	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	parts, err := app.BuildParts(ctx, cfg, log)
-	if err != nil {
-		return err
+	err := app.Resolve(ctx, *cfgPath, q, stdout)
+	if errors.Is(err, app.ErrInput) {
+		fmt.Fprintf(stderr, "oci-proxy resolve: %v\n", err)
+		return errUsage
 	}
-	defer parts.Close()
-	e := parts.Selector.Explain(ctx, mirrors.Query{Loc: parts.Locator.Locate(addr.Unmap().WithZone("")), Digest: d, Method: *method})
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(e)
-	}
-	return e.WriteText(stdout)
+	return err
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

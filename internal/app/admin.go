@@ -1,18 +1,16 @@
 package app
 
 import (
-	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/netip"
 
-	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/oci"
 )
 
 // resolveHandler explains, for ?ip=ADDR (default: the caller's own address as the proxy sees it)
-// and an optional ?digest=, which mirror a blob request would get and why. JSON by default,
-// ?format=text for people.
+// and an optional ?digest=, which mirror a blob request would get and why: Parts.Explain, as
+// `oci-proxy resolve` prints it. JSON by default, ?format=text for people.
 func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
@@ -28,7 +26,7 @@ func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
 				http.Error(w, "ip: not an IP address", http.StatusBadRequest)
 				return
 			}
-			addr = a.Unmap().WithZone("")
+			addr = a
 		}
 		var d oci.Digest
 		if s := q.Get("digest"); s != "" {
@@ -42,20 +40,16 @@ func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
 		if q.Get("method") == http.MethodHead {
 			method = http.MethodHead
 		}
-		e := p.Selector.Explain(r.Context(), mirrors.Query{Loc: p.Locator.Locate(addr), Digest: d, Method: method})
+		e := p.Explain(r.Context(), addr, d, method)
 		w.Header().Set("Cache-Control", "no-store")
-		if q.Get("format") == "text" {
+		text := q.Get("format") == "text"
+		if text {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			if err := e.WriteText(w); err != nil {
-				log.Warn("write resolve answer", "error", err.Error())
-			}
-			return
+		} else {
+			w.Header().Set("Content-Type", "application/json")
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(e); err != nil {
-			log.Warn("write resolve answer", "error", err.Error())
+		if err := writeExplanation(w, e, !text); err != nil {
+			log.Warn("write resolve answer", slog.String("err", err.Error()))
 		}
 	})
 }

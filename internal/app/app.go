@@ -89,6 +89,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	opts := redirector.Options{
 		Upstream:   ups,
 		ClientAddr: parts.ClientIP.FromRequest,
+		Ready:      parts.Ready,
 		Mount:      mount,
 		Observer:   s.metrics,
 		Logger:     s.log,
@@ -102,7 +103,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	if len(cfg.Mirrors) > 0 {
 		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log}
 		for _, m := range cfg.Mirrors {
-			if m.IsEnabled() {
+			if m.Enabled {
 				opts.Index.Mirrors = append(opts.Index.Mirrors, mirrorLabel(m))
 			}
 		}
@@ -130,9 +131,9 @@ func mirrorLabel(m config.Mirror) string {
 func UpstreamTable(cfg *config.Config) (*upstream.Table, error) {
 	var routes []upstream.Route
 	for _, r := range cfg.Routes {
-		routes = append(routes, upstream.Route{Prefix: r.Prefix, Base: r.UpstreamURL})
+		routes = append(routes, upstream.Route{Prefix: r.Prefix, Base: r.Upstream})
 	}
-	t, err := upstream.NewTable(cfg.UpstreamURL, routes)
+	t, err := upstream.NewTable(cfg.Upstream, routes)
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}

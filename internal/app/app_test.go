@@ -231,10 +231,7 @@ func (signingBackend) URL(_ context.Context, _, key string, ttl time.Duration) (
 func TestDebugLogRedactsSignatures(t *testing.T) {
 	var logs strings.Builder
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m, err := mirrors.NewMirror(config.Mirror{Name: "s3", Provider: "s3", Prefix: "blobs/"}, signingBackend{}, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := mirrors.NewMirror(mirrors.Spec{Name: "s3", Provider: "s3", Prefix: "blobs/", Weight: 100, SigningTTL: time.Minute}, signingBackend{})
 	r := blobRouter{loc: geo.NewLocator(nil, nil), sel: mirrors.NewSelector([]*mirrors.Mirror{m}, mirrors.Options{}), log: log}
 	d, _ := oci.ParseDigest(blobA)
 	got := r.RouteBlob(t.Context(), redirector.BlobQuery{Client: netip.MustParseAddr("192.0.2.7"), Name: "app", Digest: d, Method: "GET"})

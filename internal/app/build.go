@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/geo/clientip"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/mirrors/gcs"
 	"github.com/happy-turtle/oci-proxy/mirrors/s3"
@@ -24,17 +24,17 @@ import (
 type Parts struct {
 	closers  []io.Closer
 	Config   *config.Config
-	ClientIP *geo.ClientIP
+	ClientIP *clientip.Resolver
 	GeoIP    *geo.GeoIP // nil without a database
 	Locator  *geo.Locator
 	Selector *mirrors.Selector
 }
 
 // BuildParts opens the GeoIP databases and range files and connects every mirror's backend.
-// Failures name the file or mirror.
+// The configuration is already checked, so what can fail here is I/O: a file, a database, a
+// backend's credentials; failures name the file or mirror.
 func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Parts, error) {
-	header, _ := geo.ParseHeader(cfg.ForwardedHeader) // validated by config
-	p := &Parts{Config: cfg, ClientIP: geo.NewClientIP(cfg.TrustedPrefixes, header)}
+	p := &Parts{Config: cfg, ClientIP: clientip.New(cfg.TrustedProxies, forwardedHeader(cfg.ForwardedHeader))}
 	if cfg.GeoIP.Database != "" || cfg.GeoIP.ASNDatabase != "" {
 		g, err := geo.OpenGeoIP(cfg.GeoIP.Database, cfg.GeoIP.ASNDatabase)
 		if err != nil {
@@ -52,23 +52,27 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 	httpClient := newHTTPClient(cfg.Presence.Timeout)
 	ms := make([]*mirrors.Mirror, 0, len(cfg.Mirrors))
 	for _, mc := range cfg.Mirrors {
-		b, err := newBackend(ctx, mc, cfg, httpClient)
-		if err != nil {
-			p.Close()
-			return nil, err
-		}
-		if c, ok := b.(io.Closer); ok {
-			p.closers = append(p.closers, c)
-		}
-		m, err := mirrors.NewMirror(mc, b, cfg.Signing.TTL)
+		b, err := newBackend(ctx, mc, cfg.Presence.Timeout, httpClient)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("%s:%d: %w", cfg.File, mc.Line, err)
 		}
-		ms = append(ms, m)
+		if c, ok := b.(io.Closer); ok {
+			p.closers = append(p.closers, c)
+		}
+		ms = append(ms, mirrors.NewMirror(mirrorSpec(mc), b))
 	}
-	p.Selector = mirrors.NewSelector(ms, mirrors.OptionsFrom(cfg.Presence, log))
+	p.Selector = mirrors.NewSelector(ms, selectorOptions(cfg.Presence, log))
 	return p, nil
+}
+
+// Ready reports whether the parts can serve: the GeoIP databases the configuration names are
+// open. It backs /readyz.
+func (p *Parts) Ready() error {
+	if p.GeoIP != nil {
+		return p.GeoIP.Ready()
+	}
+	return nil
 }
 
 // Close releases the GeoIP databases and the backends' clients.
@@ -83,17 +87,66 @@ func (p *Parts) Close() error {
 	return errors.Join(errs...)
 }
 
-// networkRules collects each mirror's own networks (tag "net:<name>") and the cloud providers'
+func forwardedHeader(h config.Header) clientip.Header {
+	switch h {
+	case config.Forwarded:
+		return clientip.Forwarded
+	case config.AnyHeader:
+		return clientip.Any
+	}
+	return clientip.XForwardedFor
+}
+
+func mirrorSpec(m config.Mirror) mirrors.Spec {
+	s := mirrors.Spec{
+		Name:             m.Name,
+		Provider:         m.Provider.String(),
+		Prefix:           m.Prefix,
+		Disabled:         !m.Enabled,
+		AssumePresent:    m.AssumePresent,
+		Weight:           m.Weight,
+		SigningTTL:       m.SigningTTL,
+		Country:          m.Country,
+		Continent:        m.Continent,
+		Networks:         m.Networks,
+		CloudRegions:     m.CloudRegions,
+		ASNs:             m.ASNs,
+		OnlyCountries:    m.OnlyCountries,
+		OnlyContinents:   m.OnlyContinents,
+		ExcludeCountries: m.ExcludeCountries,
+	}
+	if m.Location != nil {
+		pt := geo.PointAt(m.Location.Lat, m.Location.Lon)
+		s.Location = &pt
+	}
+	switch m.AddressFamily {
+	case config.IPv4Only:
+		s.Family = mirrors.IPv4Only
+	case config.IPv6Only:
+		s.Family = mirrors.IPv6Only
+	}
+	return s
+}
+
+func selectorOptions(p config.Presence, log *slog.Logger) mirrors.Options {
+	return mirrors.Options{
+		Timeout:     p.Timeout,
+		HitTTL:      p.HitTTL,
+		MissTTL:     p.MissTTL,
+		CacheSize:   p.CacheSize,
+		HealthAfter: p.HealthAfter,
+		Backoff:     p.Backoff,
+		Logger:      log,
+	}
+}
+
+// networkRules collects each mirror's own networks (tagged geo.NetTag) and the cloud providers'
 // published ranges.
 func networkRules(cfg *config.Config) ([]geo.NetworkRule, error) {
 	var rules []geo.NetworkRule
 	for _, m := range cfg.Mirrors {
-		for _, n := range m.Networks {
-			pfx, err := config.ParsePrefix(n)
-			if err != nil {
-				return nil, fmt.Errorf("%s:%d: mirror %q: %w", cfg.File, m.Line, m.Name, err)
-			}
-			rules = append(rules, geo.NetworkRule{Prefix: pfx, Tag: "net:" + m.Name})
+		for _, pfx := range m.Networks {
+			rules = append(rules, geo.NetworkRule{Prefix: pfx, Tag: geo.NetTag(m.Name)})
 		}
 	}
 	for _, r := range cfg.CloudRanges {
@@ -103,7 +156,7 @@ func networkRules(cfg *config.Config) ([]geo.NetworkRule, error) {
 		}
 		var more []geo.NetworkRule
 		switch r.Format {
-		case "aws-ip-ranges":
+		case config.AWSIPRanges:
 			more, err = geo.ParseAWSRanges(f)
 		default:
 			more, err = geo.ParseGCPRanges(f)
@@ -117,28 +170,21 @@ func networkRules(cfg *config.Config) ([]geo.NetworkRule, error) {
 	return rules, nil
 }
 
-func newBackend(ctx context.Context, mc config.Mirror, cfg *config.Config, hc *http.Client) (mirrors.Backend, error) {
+func newBackend(ctx context.Context, mc config.Mirror, timeout time.Duration, hc *http.Client) (mirrors.Backend, error) {
 	switch mc.Provider {
-	case "http":
-		u, err := url.Parse(mc.BaseURL)
-		if err != nil {
-			return nil, fmt.Errorf("mirror %q: base_url: %w", mc.Name, err)
+	case config.HTTP:
+		return mirrors.NewHTTPBackend(mc.BaseURL, hc), nil
+	case config.S3:
+		c := s3.Config{Name: mc.Name, Bucket: mc.Bucket, Region: mc.Region, Profile: mc.Profile, CredentialsFile: mc.CredentialsFile}
+		if mc.Endpoint != nil {
+			c.Endpoint = mc.Endpoint.String()
 		}
-		return mirrors.NewHTTPBackend(u, hc), nil
-	case "s3":
-		b, err := s3.New(ctx, mc, s3.Options{Timeout: cfg.Presence.Timeout})
-		if err != nil {
-			return nil, err
-		}
-		return b, nil
-	case "gcs":
-		b, err := gcs.New(ctx, mc, gcs.Options{Timeout: cfg.Presence.Timeout})
-		if err != nil {
-			return nil, err
-		}
-		return b, nil
+		return s3.New(ctx, c, s3.Options{Timeout: timeout})
+	case config.GCS:
+		return gcs.New(ctx, gcs.Config{Name: mc.Name, Bucket: mc.Bucket, CredentialsFile: mc.CredentialsFile, Public: mc.Public}, gcs.Options{Timeout: timeout})
 	}
-	return nil, fmt.Errorf("mirror %q: unknown provider %q", mc.Name, mc.Provider)
+	// config refuses any other provider; reaching this is a bug in the translation.
+	return nil, fmt.Errorf("mirror %q: provider %v has no backend", mc.Name, mc.Provider)
 }
 
 // newHTTPClient is the one client of the http mirrors: presence checks are HEADs that must answer

@@ -11,6 +11,7 @@ import (
 
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/redirector"
+	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // kinds are the route kinds, indexed by redirector.Kind; labels come only from small fixed sets
@@ -39,7 +40,7 @@ type Metrics struct {
 var reasons = []string{
 	mirrors.ReasonNetwork, mirrors.ReasonCountry, mirrors.ReasonContinent, mirrors.ReasonDistance,
 	mirrors.ReasonWeight, mirrors.ReasonNoGeo, mirrors.ReasonNotPresent, mirrors.ReasonNoMirror,
-	mirrors.ReasonUnhealthy, mirrors.ReasonError, "no-mirrors",
+	mirrors.ReasonUnhealthy, mirrors.ReasonError, redirector.ReasonNoMirrors,
 }
 
 // NewMetrics registers the service's metrics; SetSelector names the mirrors.
@@ -99,7 +100,7 @@ func NewMetrics(info BuildInfo) *Metrics {
 
 // SetSelector makes the metrics follow sel's mirrors (nil: none).
 func (m *Metrics) SetSelector(sel *mirrors.Selector) {
-	names := []string{"upstream"}
+	names := []string{upstream.XMirror}
 	if sel != nil {
 		for _, mr := range sel.Mirrors() {
 			names = append(names, mr.Name())

@@ -17,11 +17,12 @@ const DefaultReloadInterval = 5 * time.Second
 // finish in microseconds, but a slow presence check may hold it for its timeout.
 const retireAfter = 30 * time.Second
 
-// Watch makes the service reloadable from path (with the same overrides): Reload reads it again,
+// Watch makes the service reloadable from path (with the overrides of the environment and of
+// listen, as LoadServeConfig applies them): Reload reads it again,
 // and Run checks every `every` whether it, a GeoIP database, a cloud range file or a credentials
 // file it names has changed (every <= 0: never; Reload still works). Call before Run.
-func (s *Service) Watch(path string, ov config.Overrides, every time.Duration) {
-	s.path, s.ov, s.every = path, ov, every
+func (s *Service) Watch(path, listen string, every time.Duration) {
+	s.path, s.ov, s.every = path, overrides(listen), every
 }
 
 func (s *Service) watch(ctx context.Context) {
@@ -73,7 +74,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	// stamps come from the old configuration's files plus the file itself, which is what changed.
 	s.failed = fileStamps(old.cfg)
 	s.metrics.reloaded(false)
-	s.log.Error("configuration refused; the running one stays", "file", s.path, "error", err.Error())
+	s.log.Error("configuration refused; the running one stays", "file", s.path, "err", err.Error())
 	return err
 }
 
@@ -98,7 +99,7 @@ func (s *Service) swap(old, g *generation) {
 	}
 	time.AfterFunc(retireAfter, func() {
 		if err := old.parts.Close(); err != nil {
-			s.log.Warn("close replaced configuration", "error", err.Error())
+			s.log.Warn("close replaced configuration", "err", err.Error())
 		}
 	})
 }

@@ -95,7 +95,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { svc.Close() }()
-	svc.Watch(f.path, config.Overrides{}, 0)
+	svc.Watch(f.path, "", 0)
 	const de = "89.160.20.112"
 	if got := mirrorFor(t, svc, de); got != "us-east distance" {
 		t.Fatalf("before reload: %s", got)
@@ -155,7 +155,7 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { svc.Close() }()
-	svc.Watch(f.path, config.Overrides{}, 20*time.Millisecond)
+	svc.Watch(f.path, "", 20*time.Millisecond)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()

@@ -11,8 +11,8 @@ import (
 )
 
 // Writers builds the sync targets of cfg: every enabled mirror whose backend can store blobs
-// (s3, gcs), with the same constructors and credentials as the service. Mirrors left out (http,
-// disabled) are listed by syncer.New in its reports. Close releases the backends' clients.
+// (s3, gcs), with the same constructors and credentials as the service. The mirrors left out
+// (http, disabled) are in syncPlan's Skipped. Close releases the backends' clients.
 func Writers(ctx context.Context, cfg *config.Config) ([]syncer.Target, io.Closer, error) {
 	hc := newHTTPClient(cfg.Presence.Timeout)
 	var (
@@ -20,27 +20,63 @@ func Writers(ctx context.Context, cfg *config.Config) ([]syncer.Target, io.Close
 		closers closeAll
 	)
 	for _, mc := range cfg.Mirrors {
-		if !mc.IsEnabled() {
+		if !mc.Enabled || mc.Provider == config.HTTP {
 			continue
 		}
-		b, err := newBackend(ctx, mc, cfg, hc)
+		b, err := newBackend(ctx, mc, cfg.Presence.Timeout, hc)
 		if err != nil {
 			closers.Close()
 			return nil, nil, err
 		}
-		w, ok := b.(mirrors.Writer)
-		if c, isCloser := b.(io.Closer); isCloser {
-			if !ok {
-				c.Close()
-				continue
-			}
+		if c, ok := b.(io.Closer); ok {
 			closers = append(closers, c)
 		}
-		if ok {
+		if w, ok := b.(mirrors.Writer); ok {
 			targets = append(targets, syncer.Target{Name: mc.Name, Prefix: mc.Prefix, Writer: w})
 		}
 	}
 	return targets, closers, nil
+}
+
+// syncPlan translates the configuration's sync section, its mirror table and its routes'
+// credentials into what the syncer needs. Mirrors that are not among targets are listed as
+// skipped, with why.
+func syncPlan(cfg *config.Config, targets []syncer.Target) syncer.Plan {
+	var p syncer.Plan
+	for _, r := range cfg.Sync.Repositories {
+		p.Repositories = append(p.Repositories, syncer.Repository{Name: r.Name, Tags: r.Tags})
+	}
+	isTarget := map[string]bool{}
+	for _, t := range targets {
+		isTarget[t.Name] = true
+	}
+	for _, m := range cfg.Mirrors {
+		switch {
+		case isTarget[m.Name]:
+		case !m.Enabled:
+			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "disabled"})
+		default:
+			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "not writable (" + m.Provider.String() + " mirror)"})
+		}
+	}
+	for _, r := range cfg.Routes {
+		if r.Auth.Username == "" || r.Upstream == nil {
+			continue
+		}
+		host, repo := r.Upstream.Host, r.Upstream.Path
+		p.Credentials = append(p.Credentials, syncer.Credential{
+			Host: host, Prefix: trimV2(repo), Username: r.Auth.Username, PasswordFile: r.Auth.PasswordFile,
+		})
+	}
+	return p
+}
+
+// trimV2 is the repository prefix of an upstream path: "/v2/acme/" is "acme/".
+func trimV2(path string) string {
+	if len(path) >= 4 && path[:4] == "/v2/" {
+		return path[4:]
+	}
+	return ""
 }
 
 type closeAll []io.Closer

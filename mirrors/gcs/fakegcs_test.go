@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
@@ -29,8 +28,8 @@ func TestFakeGCS(t *testing.T) {
 	srv.Upload(t, bucket, testKey, blob)
 	keyFile, key := testenv.ServiceAccountKey(t)
 
-	signed := newBackend(t, config.Mirror{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
-	public := newBackend(t, config.Mirror{Name: "fake-public", Bucket: bucket, Public: true}, Options{})
+	signed := newBackend(t, Config{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
+	public := newBackend(t, Config{Name: "fake-public", Bucket: bucket, Public: true}, Options{})
 
 	t.Run("Stat", func(t *testing.T) {
 		tests := []struct {
@@ -61,7 +60,7 @@ func TestFakeGCS(t *testing.T) {
 	})
 
 	t.Run("Stat of a missing bucket is absent", func(t *testing.T) {
-		b := newBackend(t, config.Mirror{Name: "fake", Bucket: "no-such-bucket", CredentialsFile: keyFile}, Options{})
+		b := newBackend(t, Config{Name: "fake", Bucket: "no-such-bucket", CredentialsFile: keyFile}, Options{})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if obj, err := b.Stat(ctx, testKey); err != nil || obj.Exists {

@@ -28,7 +28,6 @@ import (
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/option"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
@@ -49,6 +48,15 @@ type Options struct {
 	// failure as "try the next mirror" within a short budget, and retrying with back-off would
 	// spend that budget on a mirror that is already misbehaving.
 	MaxAttempts int
+}
+
+// Config is what a Backend needs to know of its mirror; internal/app fills it from a checked
+// configuration, so New trusts it: Bucket is set.
+type Config struct {
+	Name            string // the mirror's name, for messages
+	Bucket          string
+	CredentialsFile string // a service-account JSON key; "": Application Default Credentials
+	Public          bool   // unsigned public URLs
 }
 
 // Backend is one GCS bucket. It is safe for concurrent use.
@@ -74,10 +82,7 @@ var _ mirrors.Backend = (*Backend)(nil)
 //
 // New reads local files only; tokens are fetched lazily, on the first call that needs them.
 // Close releases the client.
-func New(ctx context.Context, c config.Mirror, opts Options) (*Backend, error) {
-	if c.Bucket == "" {
-		return nil, fmt.Errorf("mirror %q: gcs: bucket is required", c.Name)
-	}
+func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout

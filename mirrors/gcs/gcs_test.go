@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
@@ -26,7 +25,7 @@ const (
 	testKey   = "blobs/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 )
 
-func newBackend(t testing.TB, m config.Mirror, opts Options) *Backend {
+func newBackend(t testing.TB, m Config, opts Options) *Backend {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -67,7 +66,7 @@ func TestSignedURL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("STORAGE_EMULATOR_HOST", tt.emulator)
-			b := newBackend(t, config.Mirror{Name: "eu-west", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
+			b := newBackend(t, Config{Name: "eu-west", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
 			const ttl = 15 * time.Minute
 			before := time.Now().Truncate(time.Second)
 			u, exp := sign(t, b, tt.method, testKey, ttl)
@@ -158,7 +157,7 @@ func TestPublicURL(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("STORAGE_EMULATOR_HOST", tt.emulator)
 			// No credentials at all: a public bucket needs none to hand out URLs.
-			b := newBackend(t, config.Mirror{Name: "pub", Bucket: "pub", Public: true}, Options{})
+			b := newBackend(t, Config{Name: "pub", Bucket: "pub", Public: true}, Options{})
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
 				u, exp := sign(t, b, method, tt.key, time.Minute)
 				if u.String() != tt.want || !exp.IsZero() {
@@ -172,7 +171,7 @@ func TestPublicURL(t *testing.T) {
 func TestURLErrors(t *testing.T) {
 	testenv.IsolateGCS(t)
 	keyFile, _ := testenv.ServiceAccountKey(t)
-	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
+	b := newBackend(t, Config{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
 	tests := []struct {
 		name   string
 		method string
@@ -216,7 +215,6 @@ func TestNewErrors(t *testing.T) {
 		bucket  string
 		wantErr string
 	}{
-		{"no bucket", func(t *testing.T) string { return "" }, "", "bucket is required"},
 		{"missing file", func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope.json") }, "b", "credentials file"},
 		{"not JSON, key quoted", func(t *testing.T) string { return write(t, pemKey) }, "b", "not valid JSON"},
 		{"authorized user", func(t *testing.T) string {
@@ -241,7 +239,7 @@ func TestNewErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err := New(ctx, config.Mirror{Name: "m", Bucket: tt.bucket, CredentialsFile: tt.file(t)}, Options{})
+			_, err := New(ctx, Config{Name: "m", Bucket: tt.bucket, CredentialsFile: tt.file(t)}, Options{})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), `mirror "m"`) {
 				t.Fatalf("New: error %v, want one naming the mirror and containing %q", err, tt.wantErr)
 			}
@@ -286,7 +284,7 @@ func TestStatStatus(t *testing.T) {
 			}))
 			defer srv.Close()
 			t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(srv.URL, "http://"))
-			b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
+			b := newBackend(t, Config{Name: "m", Bucket: "b", CredentialsFile: keyFile}, Options{})
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			obj, err := b.Stat(ctx, testKey)
@@ -323,7 +321,7 @@ func TestStatDeadline(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(srv.URL, "http://"))
-	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b"}, Options{Timeout: 200 * time.Millisecond})
+	b := newBackend(t, Config{Name: "m", Bucket: "b"}, Options{Timeout: 200 * time.Millisecond})
 	start := time.Now()
 	// No deadline on purpose: Options.Timeout must supply one.
 	if _, err := b.Stat(context.Background(), testKey); err == nil {
@@ -337,7 +335,7 @@ func TestStatDeadline(t *testing.T) {
 func BenchmarkSignV4(b *testing.B) {
 	b.Setenv("STORAGE_EMULATOR_HOST", "")
 	keyFile, _ := testenv.ServiceAccountKey(b)
-	be := newBackend(b, config.Mirror{Name: "m", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
+	be := newBackend(b, Config{Name: "m", Bucket: "oci-proxy-eu-west", CredentialsFile: keyFile}, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b.ReportAllocs()
@@ -354,7 +352,7 @@ func TestSignedURLWithADC(t *testing.T) {
 	testenv.IsolateGCS(t)
 	keyFile, key := testenv.ServiceAccountKey(t)
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
-	b := newBackend(t, config.Mirror{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
+	b := newBackend(t, Config{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		u, _ := sign(t, b, method, testKey, time.Minute)
 		if err := testenv.VerifyGCSV4(u, method, &key.PublicKey); err != nil {

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors/mirrorstest"
 )
@@ -22,7 +21,7 @@ func TestFakeGCSWrite(t *testing.T) {
 	const bucket = "oci-proxy-write"
 	srv.CreateBucket(t, bucket)
 	keyFile, _ := testenv.ServiceAccountKey(t)
-	b := newBackend(t, config.Mirror{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
+	b := newBackend(t, Config{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
 	anon := testenv.NoRedirectClient(t, "")
 
 	read := func(t *testing.T, key string) ([]byte, bool) {

@@ -24,7 +24,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
@@ -52,6 +51,17 @@ type Options struct {
 	PartSize int64
 }
 
+// Config is what a Backend needs to know of its mirror; internal/app fills it from a checked
+// configuration, so New trusts it: Bucket is set, and Endpoint is "" or an absolute http(s) URL.
+type Config struct {
+	Name            string // the mirror's name, for messages
+	Bucket          string
+	Region          string // "": the AWS configuration's region, else us-east-1 with an Endpoint
+	Endpoint        string // an S3-compatible service, addressed path style; "" for AWS
+	Profile         string // a shared-config profile (or a section of CredentialsFile)
+	CredentialsFile string // a shared credentials file whose static keys win over the chain
+}
+
 // Backend is one S3 bucket. It is safe for concurrent use.
 type Backend struct {
 	name     string
@@ -73,10 +83,7 @@ var _ mirrors.Backend = (*Backend)(nil)
 // service with path-style addressing.
 //
 // New reads local files only; credentials are fetched lazily, on the first call that needs them.
-func New(ctx context.Context, c config.Mirror, opts Options) (*Backend, error) {
-	if c.Bucket == "" {
-		return nil, fmt.Errorf("mirror %q: s3: bucket is required", c.Name)
-	}
+func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 	attempts := opts.MaxAttempts
 	if attempts <= 0 {
 		attempts = 1
@@ -117,12 +124,11 @@ func New(ctx context.Context, c config.Mirror, opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("mirror %q: s3: load AWS configuration: %w", c.Name, err)
 	}
 	if cfg.Region == "" {
-		return nil, fmt.Errorf("mirror %q: s3: region is required (in the mirror or the AWS configuration)", c.Name)
-	}
-	if c.Endpoint != "" {
-		if u, err := url.Parse(c.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("mirror %q: s3: endpoint %q is not an http(s) URL", c.Name, c.Endpoint)
+		if c.Endpoint == "" {
+			return nil, fmt.Errorf("mirror %q: s3: region is required (in the mirror or the AWS configuration)", c.Name)
 		}
+		// S3-compatible services mostly ignore the region, but SigV4 needs one.
+		cfg.Region = "us-east-1"
 	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
@@ -42,7 +41,7 @@ func credFile(t *testing.T, profile, access, secret string) string {
 		fmt.Sprintf("[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\n", profile, access, secret))
 }
 
-func newBackend(t testing.TB, m config.Mirror, opts Options) *Backend {
+func newBackend(t testing.TB, m Config, opts Options) *Backend {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -138,7 +137,7 @@ func TestURL(t *testing.T) {
 	creds := credFile(t, "default", testAccess, testSecret)
 	tests := []struct {
 		name     string
-		mirror   config.Mirror
+		mirror   Config
 		method   string
 		wantHost string
 		wantPath string
@@ -146,7 +145,7 @@ func TestURL(t *testing.T) {
 	}{
 		{
 			name:     "endpoint, path style, GET",
-			mirror:   config.Mirror{Name: "m", Bucket: "blobs-bucket", Region: "eu-central-1", Endpoint: "http://127.0.0.3:9000", CredentialsFile: creds},
+			mirror:   Config{Name: "m", Bucket: "blobs-bucket", Region: "eu-central-1", Endpoint: "http://127.0.0.3:9000", CredentialsFile: creds},
 			method:   http.MethodGet,
 			scheme:   "http",
 			wantHost: "127.0.0.3:9000",
@@ -154,7 +153,7 @@ func TestURL(t *testing.T) {
 		},
 		{
 			name:     "endpoint, path style, HEAD",
-			mirror:   config.Mirror{Name: "m", Bucket: "blobs-bucket", Region: "eu-central-1", Endpoint: "https://s3.example.net", CredentialsFile: creds},
+			mirror:   Config{Name: "m", Bucket: "blobs-bucket", Region: "eu-central-1", Endpoint: "https://s3.example.net", CredentialsFile: creds},
 			method:   http.MethodHead,
 			scheme:   "https",
 			wantHost: "s3.example.net",
@@ -162,7 +161,7 @@ func TestURL(t *testing.T) {
 		},
 		{
 			name:     "AWS, virtual host, GET",
-			mirror:   config.Mirror{Name: "m", Bucket: "oci-proxy-us-east-1", Region: "us-east-1", CredentialsFile: creds},
+			mirror:   Config{Name: "m", Bucket: "oci-proxy-us-east-1", Region: "us-east-1", CredentialsFile: creds},
 			method:   http.MethodGet,
 			scheme:   "https",
 			wantHost: "oci-proxy-us-east-1.s3.us-east-1.amazonaws.com",
@@ -170,7 +169,7 @@ func TestURL(t *testing.T) {
 		},
 		{
 			name:     "AWS, virtual host, HEAD",
-			mirror:   config.Mirror{Name: "m", Bucket: "oci-proxy-eu", Region: "eu-west-1", CredentialsFile: creds},
+			mirror:   Config{Name: "m", Bucket: "oci-proxy-eu", Region: "eu-west-1", CredentialsFile: creds},
 			method:   http.MethodHead,
 			scheme:   "https",
 			wantHost: "oci-proxy-eu.s3.eu-west-1.amazonaws.com",
@@ -222,7 +221,7 @@ func TestURL(t *testing.T) {
 
 func TestURLErrors(t *testing.T) {
 	testenv.IsolateAWS(t)
-	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1",
+	b := newBackend(t, Config{Name: "m", Bucket: "b", Region: "us-east-1",
 		CredentialsFile: credFile(t, "default", testAccess, testSecret)}, Options{})
 	tests := []struct {
 		name   string
@@ -258,14 +257,14 @@ func TestCredentials(t *testing.T) {
 		name       string
 		env        map[string]string
 		files      func(t *testing.T) (config, credentials string) // shared config files for the chain
-		mirror     func(t *testing.T) config.Mirror
+		mirror     func(t *testing.T) Config
 		wantAccess string
 		wantErr    string
 	}{
 		{
 			name:       "environment",
 			env:        map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "envsecret"},
-			mirror:     func(t *testing.T) config.Mirror { return config.Mirror{} },
+			mirror:     func(t *testing.T) Config { return Config{} },
 			wantAccess: "AKIDENV",
 		},
 		{
@@ -274,43 +273,43 @@ func TestCredentials(t *testing.T) {
 				return writeFile(t, "config", "[profile mirror]\nregion = us-east-1\n"),
 					writeFile(t, "credentials", "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = x\n[mirror]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = y\n")
 			},
-			mirror:     func(t *testing.T) config.Mirror { return config.Mirror{Profile: "mirror"} },
+			mirror:     func(t *testing.T) Config { return Config{Profile: "mirror"} },
 			wantAccess: "AKIDPROFILE",
 		},
 		{
 			name: "credentials file wins over the environment",
 			env:  map[string]string{"AWS_ACCESS_KEY_ID": "AKIDENV", "AWS_SECRET_ACCESS_KEY": "envsecret"},
-			mirror: func(t *testing.T) config.Mirror {
-				return config.Mirror{CredentialsFile: credFile(t, "default", "AKIDFILE", testSecret)}
+			mirror: func(t *testing.T) Config {
+				return Config{CredentialsFile: credFile(t, "default", "AKIDFILE", testSecret)}
 			},
 			wantAccess: "AKIDFILE",
 		},
 		{
 			name: "credentials file with a profile",
-			mirror: func(t *testing.T) config.Mirror {
-				return config.Mirror{Profile: "p", CredentialsFile: writeFile(t, "creds",
+			mirror: func(t *testing.T) Config {
+				return Config{Profile: "p", CredentialsFile: writeFile(t, "creds",
 					"[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = x\n[p]\naws_access_key_id = AKIDP\naws_secret_access_key = "+testSecret+"\n")}
 			},
 			wantAccess: "AKIDP",
 		},
 		{
 			name: "credentials file without the profile",
-			mirror: func(t *testing.T) config.Mirror {
-				return config.Mirror{Profile: "missing", CredentialsFile: credFile(t, "default", "AKIDFILE", testSecret)}
+			mirror: func(t *testing.T) Config {
+				return Config{Profile: "missing", CredentialsFile: credFile(t, "default", "AKIDFILE", testSecret)}
 			},
 			wantErr: `profile "missing"`,
 		},
 		{
 			name: "credentials file without keys",
-			mirror: func(t *testing.T) config.Mirror {
-				return config.Mirror{CredentialsFile: writeFile(t, "creds", "[default]\nregion = us-east-1\n")}
+			mirror: func(t *testing.T) Config {
+				return Config{CredentialsFile: writeFile(t, "creds", "[default]\nregion = us-east-1\n")}
 			},
 			wantErr: "no aws_access_key_id",
 		},
 		{
 			name: "credentials file missing",
-			mirror: func(t *testing.T) config.Mirror {
-				return config.Mirror{CredentialsFile: filepath.Join(t.TempDir(), "nope")}
+			mirror: func(t *testing.T) Config {
+				return Config{CredentialsFile: filepath.Join(t.TempDir(), "nope")}
 			},
 			wantErr: "credentials file",
 		},
@@ -356,13 +355,10 @@ func TestNewErrors(t *testing.T) {
 	creds := credFile(t, "default", testAccess, testSecret)
 	tests := []struct {
 		name    string
-		mirror  config.Mirror
+		mirror  Config
 		wantErr string
 	}{
-		{"no bucket", config.Mirror{Name: "m", Region: "us-east-1", CredentialsFile: creds}, "bucket is required"},
-		{"no region anywhere", config.Mirror{Name: "m", Bucket: "b", CredentialsFile: creds}, "region is required"},
-		{"endpoint without scheme", config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: "127.0.0.3:9000", CredentialsFile: creds}, "not an http(s) URL"},
-		{"endpoint ftp", config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: "ftp://h", CredentialsFile: creds}, "not an http(s) URL"},
+		{"no region anywhere", Config{Name: "m", Bucket: "b", CredentialsFile: creds}, "region is required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -411,7 +407,7 @@ func TestStatStatus(t *testing.T) {
 				w.WriteHeader(tt.status)
 			}))
 			defer srv.Close()
-			b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: srv.URL,
+			b := newBackend(t, Config{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: srv.URL,
 				CredentialsFile: credFile(t, "default", testAccess, testSecret)}, Options{HTTPClient: srv.Client()})
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -454,7 +450,7 @@ func TestStatDeadline(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	b := newBackend(t, config.Mirror{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: srv.URL,
+	b := newBackend(t, Config{Name: "m", Bucket: "b", Region: "us-east-1", Endpoint: srv.URL,
 		CredentialsFile: credFile(t, "default", testAccess, testSecret)},
 		Options{HTTPClient: srv.Client(), Timeout: 200 * time.Millisecond})
 	start := time.Now()
@@ -473,7 +469,7 @@ func BenchmarkPresignGET(b *testing.B) {
 	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = "+testAccess+"\naws_secret_access_key = "+testSecret+"\n"), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	for _, m := range []config.Mirror{
+	for _, m := range []Config{
 		{Name: "aws", Bucket: "oci-proxy-us-east-1", Region: "us-east-1", CredentialsFile: creds},
 		{Name: "endpoint", Bucket: "blobs", Region: "us-east-1", Endpoint: "http://127.0.0.3:9000", CredentialsFile: creds},
 	} {

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
@@ -28,7 +27,7 @@ func TestVersityGW(t *testing.T) {
 	blob := bytes.Repeat([]byte("layer data "), 1000)
 	srv.PutObject(t, bucket, testKey, blob)
 
-	b := newBackend(t, config.Mirror{
+	b := newBackend(t, Config{
 		Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
 		CredentialsFile: srv.CredentialsFile(t, "default"),
 	}, Options{})
@@ -71,7 +70,7 @@ func TestVersityGW(t *testing.T) {
 	t.Run("Stat with a wrong key is absent", func(t *testing.T) {
 		// versitygw answers 403 to a bad signature, as S3 does to a reader without list
 		// permission; either way the mirror cannot serve the blob.
-		wrong := newBackend(t, config.Mirror{
+		wrong := newBackend(t, Config{
 			Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
 			CredentialsFile: credFile(t, "default", srv.Access, "not-the-secret"),
 		}, Options{})
@@ -84,7 +83,7 @@ func TestVersityGW(t *testing.T) {
 	})
 
 	t.Run("Stat of an unreachable service is an error", func(t *testing.T) {
-		down := newBackend(t, config.Mirror{
+		down := newBackend(t, Config{
 			Name: "down", Bucket: bucket, Region: srv.Region, Endpoint: "http://" + testenv.Addr(t, testenv.S3Host),
 			CredentialsFile: srv.CredentialsFile(t, "default"),
 		}, Options{})

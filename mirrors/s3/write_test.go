@@ -11,7 +11,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/mirrors/mirrorstest"
@@ -28,7 +27,7 @@ func TestVersityGWWrite(t *testing.T) {
 	srv := testenv.StartVersityGW(t, t.TempDir())
 	const bucket = "oci-proxy-write"
 	srv.CreateBucket(t, bucket)
-	b := newBackend(t, config.Mirror{
+	b := newBackend(t, Config{
 		Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
 		CredentialsFile: srv.CredentialsFile(t, "default"),
 	}, Options{PartSize: 5 << 20})

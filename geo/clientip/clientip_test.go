@@ -1,4 +1,4 @@
-package geo_test
+package clientip_test
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/geo/clientip"
 )
 
 // trustedForTests are the proxies the client tests trust: a private network, loopback and a
@@ -87,7 +87,7 @@ func resolveCases() []resolveCase {
 			want: "81.2.69.142"},
 		{name: "all-trusted chain longer than the bound: leftmost kept hop", remote: "10.0.0.1",
 			xff:  many(100, func(i int) string { return fmt.Sprintf("10.0.1.%d", i) }),
-			want: fmt.Sprintf("10.0.1.%d", 100-geo.MaxHops+1)},
+			want: fmt.Sprintf("10.0.1.%d", 100-clientip.MaxHops+1)},
 		{name: "huge header: only its end counts", remote: "10.0.0.1",
 			xff:  strings.Repeat("garbage,", 100000) + "81.2.69.142, 10.0.0.2",
 			want: "81.2.69.142"},
@@ -144,7 +144,7 @@ func resolveCases() []resolveCase {
 }
 
 func TestResolve(t *testing.T) {
-	c := geo.NewClientIP(trustedForTests(t), geo.HeaderAny)
+	c := clientip.New(trustedForTests(t), clientip.Any)
 	for _, tc := range resolveCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.Resolve(addr(tc.remote), lines(tc.xff), lines(tc.forwarded))
@@ -156,7 +156,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestResolveNoTrustedProxies(t *testing.T) {
-	for _, c := range []*geo.ClientIP{geo.NewClientIP(nil, geo.HeaderAny), nil} {
+	for _, c := range []*clientip.Resolver{clientip.New(nil, clientip.Any), nil} {
 		got := c.Resolve(addr("10.0.0.1"), []string{"81.2.69.142"}, nil)
 		if diff := cmp.Diff(addr("10.0.0.1"), got, addrs()); diff != "" {
 			t.Errorf("mismatch (-want +got):\n%s", diff)
@@ -165,7 +165,7 @@ func TestResolveNoTrustedProxies(t *testing.T) {
 }
 
 func TestFromRequest(t *testing.T) {
-	c := geo.NewClientIP(trustedForTests(t), geo.HeaderAny)
+	c := clientip.New(trustedForTests(t), clientip.Any)
 	tests := []struct {
 		name       string
 		remoteAddr string
@@ -205,7 +205,7 @@ func TestResolveManyTrustedPrefixes(t *testing.T) {
 		trusted = append(trusted, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16, byte(i), 0}), 24))
 	}
 	trusted = append(trusted, netip.MustParsePrefix("::ffff:192.168.0.0/112")) // mapped form
-	c := geo.NewClientIP(trusted, geo.HeaderAny)
+	c := clientip.New(trusted, clientip.Any)
 	for _, tc := range resolveCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.Resolve(addr(tc.remote), lines(tc.xff), lines(tc.forwarded))
@@ -226,29 +226,21 @@ func TestFromRequestHeaderChoice(t *testing.T) {
 	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	for _, tc := range []struct {
 		name   string
-		header geo.Header
+		header clientip.Header
 		want   string
 	}{
-		{"x-forwarded-for", geo.HeaderXFF, "81.2.69.142"},
-		{"forwarded", geo.HeaderForwarded, "89.160.20.112"},
-		{"any prefers forwarded", geo.HeaderAny, "89.160.20.112"},
+		{"x-forwarded-for", clientip.XForwardedFor, "81.2.69.142"},
+		{"forwarded", clientip.Forwarded, "89.160.20.112"},
+		{"any prefers forwarded", clientip.Any, "89.160.20.112"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest("GET", "/", nil)
 			r.RemoteAddr = "10.1.2.3:4000"
 			r.Header.Set("X-Forwarded-For", "81.2.69.142")
 			r.Header.Set("Forwarded", "for=89.160.20.112")
-			if got := geo.NewClientIP(trusted, tc.header).FromRequest(r); got.String() != tc.want {
+			if got := clientip.New(trusted, tc.header).FromRequest(r); got.String() != tc.want {
 				t.Errorf("client = %s, want %s", got, tc.want)
 			}
 		})
-	}
-	for _, s := range []string{"", "x-forwarded-for", "Forwarded", "any"} {
-		if _, ok := geo.ParseHeader(s); !ok {
-			t.Errorf("ParseHeader(%q) refused", s)
-		}
-	}
-	if _, ok := geo.ParseHeader("x-real-ip"); ok {
-		t.Errorf("ParseHeader accepted x-real-ip")
 	}
 }

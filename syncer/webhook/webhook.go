@@ -1,4 +1,8 @@
-package syncer
+// Package webhook takes the push announcements of registries for the sync command: distribution's
+// notification envelopes and Pub/Sub push messages (Artifact Registry), checked for the shared
+// token, parsed into Pushes under the names clients use, and queued so that bursts and retries
+// cost one copy each. It copies nothing itself: the queue's run function does (package syncer).
+package webhook
 
 import (
 	"context"
@@ -16,23 +20,24 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/happy-turtle/oci-proxy/internal/brief"
 	"github.com/happy-turtle/oci-proxy/oci"
 	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // Push is a manifest the upstream registry announced: Repo is the repository name as clients pull
-// it (not the upstream's path) and Ref a tag or a digest ("sha256:...").
+// it (not the upstream's path) and Ref its tag or digest.
 type Push struct {
 	Repo string
-	Ref  string
+	Ref  oci.Reference
 }
 
 // String returns "repo:tag" or "repo@digest".
 func (p Push) String() string {
-	if oci.LooksLikeDigest(p.Ref) {
-		return p.Repo + "@" + p.Ref
+	if p.Ref.IsDigest() {
+		return p.Repo + "@" + p.Ref.String()
 	}
-	return p.Repo + ":" + p.Ref
+	return p.Repo + ":" + p.Ref.String()
 }
 
 // ErrEvent is wrapped by every error about a malformed event body.
@@ -207,19 +212,16 @@ func toPush(ups *upstream.Table, host, repo, ref string) (p Push, ok bool, err e
 	if err := oci.ValidateName(repo); err != nil {
 		return Push{}, false, fmt.Errorf("repository %q: %w", repo, err)
 	}
-	if oci.LooksLikeDigest(ref) {
-		if _, err := oci.ParseDigest(ref); err != nil {
-			return Push{}, false, fmt.Errorf("digest %q: %w", ref, err)
-		}
-	} else if err := oci.ValidateTag(ref); err != nil {
-		return Push{}, false, fmt.Errorf("tag %q: %w", ref, err)
+	rf, err := oci.ParseReference(ref)
+	if err != nil {
+		return Push{}, false, fmt.Errorf("reference %q: %w", ref, err)
 	}
 	name, ok := ups.ClientName(host, repo)
 	// A route prefix can make a name that clients could not ask for; nothing would pull it.
 	if !ok || oci.ValidateName(name) != nil {
 		return Push{}, false, nil
 	}
-	return Push{Repo: name, Ref: ref}, true, nil
+	return Push{Repo: name, Ref: rf}, true, nil
 }
 
 // pushSet keeps pushes in first-seen order without duplicates.
@@ -239,18 +241,18 @@ func (s *pushSet) add(p Push) {
 	s.list = append(s.list, p)
 }
 
-// DefaultMaxBody bounds a webhook request body when WebhookOptions.MaxBody is zero. A
+// DefaultMaxBody bounds a webhook request body when Options.MaxBody is zero. A
 // distribution envelope holds at most a few dozen events of a few hundred bytes each.
 const DefaultMaxBody = 1 << 20
 
-// The paths NewWebhookHandler serves.
+// The paths NewHandler serves.
 const (
-	RegistryWebhookPath = "/webhooks/registry"
-	PubSubWebhookPath   = "/webhooks/pubsub"
+	RegistryPath = "/webhooks/registry"
+	PubSubPath   = "/webhooks/pubsub"
 )
 
-// WebhookOptions configure NewWebhookHandler.
-type WebhookOptions struct {
+// Options configure NewHandler.
+type Options struct {
 	// Token is the shared secret every request must carry, as "Authorization: Bearer <token>" or
 	// a "token" query parameter; it is compared exactly (see ReadTokenFile for a file's trailing
 	// newline). Required: an empty Token is an error, never an open endpoint.
@@ -268,13 +270,13 @@ type WebhookOptions struct {
 	MaxBody int64
 }
 
-// NewWebhookHandler returns the handler for POST /webhooks/registry (distribution notification
+// NewHandler returns the handler for POST /webhooks/registry (distribution notification
 // envelopes, see ParseRegistryEvents) and POST /webhooks/pubsub (Pub/Sub push requests, see
 // ParsePubSub). Requests are checked in this order: an unknown path is 404, a method other than
 // POST 405, a missing or wrong token 401 (the body is not read), a body over MaxBody 413, a
 // content type that is not JSON 415, an unparsable body 400; otherwise every push is handed to
 // Trigger and the answer is 202 Accepted.
-func NewWebhookHandler(opts WebhookOptions) (http.Handler, error) {
+func NewHandler(opts Options) (http.Handler, error) {
 	switch {
 	case opts.Token == "":
 		return nil, errors.New("webhook: no token configured (sync.webhook.token_file)")
@@ -317,9 +319,9 @@ type webhookHandler struct {
 func (h *webhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var parse func([]byte, *upstream.Table) ([]Push, error)
 	switch r.URL.Path {
-	case RegistryWebhookPath:
+	case RegistryPath:
 		parse = ParseRegistryEvents
-	case PubSubWebhookPath:
+	case PubSubPath:
 		parse = ParsePubSub
 	default:
 		http.NotFound(w, r)
@@ -363,7 +365,7 @@ func (h *webhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, p := range pushes {
-		h.log.Info("webhook: push", "route", route, "repo", p.Repo, "ref", p.Ref)
+		h.log.Info("webhook: push", "route", route, "repository", p.Repo, "ref", p.Ref.String())
 		h.trigger(r.Context(), p)
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -416,15 +418,7 @@ func isJSON(ct string) bool {
 
 // shortError keeps a client-facing message to one short line.
 func shortError(err error) string {
-	const limit = 200
-	s := strings.TrimPrefix(err.Error(), ErrEvent.Error()+": ")
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	if len(s) > limit {
-		s = s[:limit] + "..."
-	}
-	return s
+	return brief.Text(strings.TrimPrefix(err.Error(), ErrEvent.Error()+": "), 200)
 }
 
 // ReadTokenFile reads the webhook token from path (sync.webhook.token_file), without the

@@ -1,4 +1,4 @@
-package syncer
+package webhook
 
 import (
 	"context"
@@ -57,11 +57,11 @@ func TestWebhookFromRegistry(t *testing.T) {
 
 	reg := testenv.StartRegistry(t, testenv.RegistryOptions{
 		Notify: []testenv.NotifyEndpoint{{
-			URL:     srv.URL + RegistryWebhookPath + "?from=good",
+			URL:     srv.URL + RegistryPath + "?from=good",
 			Headers: map[string][]string{"Authorization": {"Bearer " + token}},
 		}, {
 			// Refused, so the registry keeps retrying; it must never get through.
-			URL:     srv.URL + RegistryWebhookPath + "?from=wrong",
+			URL:     srv.URL + RegistryPath + "?from=wrong",
 			Headers: map[string][]string{"Authorization": {"Bearer " + token + "-old"}},
 		}},
 	})
@@ -73,7 +73,7 @@ func TestWebhookFromRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	handler, err := NewWebhookHandler(WebhookOptions{
+	handler, err := NewHandler(Options{
 		Token:    token,
 		Upstream: ups,
 		Trigger:  q.Trigger,
@@ -87,20 +87,20 @@ func TestWebhookFromRegistry(t *testing.T) {
 	hmu.Unlock()
 
 	reg.PushOCIImage(t, "acme/images/app:1.0")
-	expect(t, runs, []Push{{"app", "1.0"}})
+	expect(t, runs, []Push{pushOf("app", "1.0")})
 
 	// An index: the registry announces each image by digest, then the index by its tag.
 	idx := reg.PushOCIIndex(t, "acme/images/org/app:latest")
-	want := []Push{{"org/app", "latest"}}
+	want := []Push{pushOf("org/app", "latest")}
 	for _, c := range idx.Manifests {
-		want = append(want, Push{"org/app", c.Digest})
+		want = append(want, pushOf("org/app", c.Digest))
 	}
 	expect(t, runs, want)
 
 	// A repository outside the upstream's prefix is nobody's: accepted and dropped.
 	reg.PushOCIImage(t, "other/app:1.0")
 	reg.Tag(t, "acme/images/app:1.0", "1.1")
-	expect(t, runs, []Push{{"app", "1.1"}})
+	expect(t, runs, []Push{pushOf("app", "1.1")})
 
 	mu.Lock()
 	defer mu.Unlock()

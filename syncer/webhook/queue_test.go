@@ -1,4 +1,4 @@
-package syncer
+package webhook
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/happy-turtle/oci-proxy/oci"
 )
 
 // waitFor bounds every wait of these tests: long enough for a loaded CI machine, short enough to
@@ -97,7 +99,7 @@ func TestQueueDedupesWaiting(t *testing.T) {
 	g := newGate()
 	q := NewQueue(g.run, 1)
 	// Queued before Run: nothing runs yet, so everything waits.
-	a, b := Push{"app", "1.0"}, Push{"app", "2.0"}
+	a, b := pushOf("app", "1.0"), pushOf("app", "2.0")
 	q.Add(a)
 	q.Add(b)
 	q.Add(a)
@@ -123,7 +125,7 @@ func TestQueueRerunsPushAnnouncedDuringRun(t *testing.T) {
 	g := newGate()
 	q := NewQueue(g.run, 4)
 	startQueue(t, q)
-	a := Push{"app", "latest"}
+	a := pushOf("app", "latest")
 	q.Add(a)
 	g.wait(t)
 	q.Add(a)
@@ -150,13 +152,13 @@ func TestQueueBoundDropsAndLogs(t *testing.T) {
 	g := newGate()
 	q := NewQueue(g.run, 1, QueueLimit(2), QueueLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	for _, tag := range []string{"1", "2", "3", "4"} {
-		q.Add(Push{"app", tag})
+		q.Add(pushOf("app", tag))
 	}
 	if n := q.Pending(); n != 2 {
 		t.Fatalf("Pending() = %d, want 2", n)
 	}
 	out := logs.String()
-	for _, want := range []string{"repo=app ref=3", "repo=app ref=4", "reason=\"queue full\""} {
+	for _, want := range []string{"repository=app ref=3", "repository=app ref=4", "reason=\"queue full\""} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
@@ -169,7 +171,7 @@ func TestQueueBoundDropsAndLogs(t *testing.T) {
 	g.none(t, 100*time.Millisecond)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if want := []Push{{"app", "1"}, {"app", "2"}}; !slices.Equal(g.ran, want) {
+	if want := []Push{pushOf("app", "1"), pushOf("app", "2")}; !slices.Equal(g.ran, want) {
 		t.Errorf("ran %v, want %v", g.ran, want)
 	}
 }
@@ -179,7 +181,7 @@ func TestQueueAddNeverBlocks(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		for i := range 10000 {
-			q.Add(Push{"app", strconv.Itoa(i)})
+			q.Add(pushOf("app", strconv.Itoa(i)))
 		}
 		close(done)
 	}()
@@ -195,7 +197,7 @@ func TestQueueWorkers(t *testing.T) {
 	q := NewQueue(g.run, 3)
 	startQueue(t, q)
 	for _, tag := range []string{"1", "2", "3", "4", "5"} {
-		q.Add(Push{"app", tag})
+		q.Add(pushOf("app", tag))
 	}
 	for range 3 {
 		g.wait(t)
@@ -227,8 +229,8 @@ func TestQueueZeroWorkersMeansOne(t *testing.T) {
 	g := newGate()
 	q := NewQueue(g.run, 0)
 	startQueue(t, q)
-	q.Add(Push{"app", "1"})
-	q.Add(Push{"app", "2"})
+	q.Add(pushOf("app", "1"))
+	q.Add(pushOf("app", "2"))
 	g.wait(t)
 	g.none(t, 100*time.Millisecond)
 	g.release <- struct{}{}
@@ -243,11 +245,11 @@ func TestQueueShutdown(t *testing.T) {
 	g := newGate()
 	q := NewQueue(g.run, 1, QueueLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	stop := startQueue(t, q)
-	a := Push{"app", "1"}
+	a := pushOf("app", "1")
 	q.Add(a)
 	g.wait(t)
 	q.Add(a) // a rerun that must not happen after shutdown
-	q.Add(Push{"app", "2"})
+	q.Add(pushOf("app", "2"))
 	stop() // g.run returns on ctx.Done
 	g.none(t, 100*time.Millisecond)
 	g.mu.Lock()
@@ -281,7 +283,7 @@ func TestQueueConcurrentAdds(t *testing.T) {
 		mu.Unlock()
 	}, 4)
 	startQueue(t, q)
-	pushes := []Push{{"a", "1"}, {"a", "2"}, {"b", "1"}, {"c", "1"}, {"c", "2"}, {"d", "latest"}}
+	pushes := []Push{pushOf("a", "1"), pushOf("a", "2"), pushOf("b", "1"), pushOf("c", "1"), pushOf("c", "2"), pushOf("d", "latest")}
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
@@ -317,4 +319,13 @@ func mapValues[K comparable, V any](m map[K]V) []V {
 		out = append(out, v)
 	}
 	return out
+}
+
+// pushOf is a Push of a tag or digest that the test knows to be valid.
+func pushOf(repo, ref string) Push {
+	rf, err := oci.ParseReference(ref)
+	if err != nil {
+		panic(err)
+	}
+	return Push{Repo: repo, Ref: rf}
 }

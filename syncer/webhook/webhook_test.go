@@ -1,4 +1,4 @@
-package syncer
+package webhook
 
 import (
 	"bytes"
@@ -128,7 +128,7 @@ func TestParseRegistryEvents(t *testing.T) {
 			event{"push", layerType, digestC, "acme/images/app", "http://" + reg + "/v2/acme/images/app/blobs/" + digestC, ""},
 			push(ociManifest, "acme/images/app", "1.0", digestA),
 		),
-		want: []Push{{"app", "1.0"}},
+		want: []Push{pushOf("app", "1.0")},
 	}, {
 		name: "index: children by digest, the index by tag",
 		body: envelope(t,
@@ -136,18 +136,18 @@ func TestParseRegistryEvents(t *testing.T) {
 			push(ociManifest, "acme/images/org/app", "", digestC),
 			push(ociIndex, "acme/images/org/app", "latest", digestA),
 		),
-		want: []Push{{"org/app", digestB}, {"org/app", digestC}, {"org/app", "latest"}},
+		want: []Push{pushOf("org/app", digestB), pushOf("org/app", digestC), pushOf("org/app", "latest")},
 	}, {
 		name: "docker media types",
 		body: envelope(t,
 			push(dockerManifest, "acme/images/app", "2.0", digestA),
 			push(dockerList, "acme/images/app", "2", digestB),
 		),
-		want: []Push{{"app", "2.0"}, {"app", "2"}},
+		want: []Push{pushOf("app", "2.0"), pushOf("app", "2")},
 	}, {
 		name: "media type with parameters and in other case",
 		body: envelope(t, push("Application/VND.oci.image.manifest.v1+json; charset=utf-8", "acme/images/app", "v1", digestA)),
-		want: []Push{{"app", "v1"}},
+		want: []Push{pushOf("app", "v1")},
 	}, {
 		name: "pulls, deletes, mounts and blob pushes are skipped",
 		body: envelope(t,
@@ -166,7 +166,7 @@ func TestParseRegistryEvents(t *testing.T) {
 			push(ociManifest, "acme/images/app", "1.0", digestA),
 			push(ociManifest, "acme/images/app", "", digestA),
 		),
-		want: []Push{{"app", "1.0"}, {"app", digestA}},
+		want: []Push{pushOf("app", "1.0"), pushOf("app", digestA)},
 	}, {
 		name: "repositories no route serves are dropped",
 		body: envelope(t,
@@ -175,18 +175,18 @@ func TestParseRegistryEvents(t *testing.T) {
 			push(ociManifest, "acme/imagesx/app", "1.0", digestA),
 			push(ociManifest, "acme/images/app", "1.0", digestA),
 		),
-		want: []Push{{"app", "1.0"}},
+		want: []Push{pushOf("app", "1.0")},
 	}, {
 		name: "the host of target.url picks the route",
 		body: envelope(t,
 			event{"push", ociManifest, digestA, "acme/lint", manifestURL("ghcr.io", "acme/lint", "1.0"), "1.0"},
 			event{"push", ociManifest, digestA, "acme/images/app", manifestURL("elsewhere.example", "acme/images/app", "1.0"), "1.0"},
 		),
-		want: []Push{{"tools/lint", "1.0"}},
+		want: []Push{pushOf("tools/lint", "1.0")},
 	}, {
 		name: "no url: any host",
 		body: envelope(t, event{"push", ociManifest, digestA, "acme/lint", "", "1.0"}),
-		want: []Push{{"tools/lint", "1.0"}},
+		want: []Push{pushOf("tools/lint", "1.0")},
 	}, {
 		name: "no events",
 		body: []byte(`{"events":[]}`),
@@ -274,11 +274,11 @@ func TestParsePubSub(t *testing.T) {
 		name, data string
 		want       []Push
 	}{
-		{"tagged push", `{"action":"INSERT","digest":"` + arImage + `@` + digestA + `","tag":"` + arImage + `:1.0"}`, []Push{{"ar/img", "1.0"}}},
-		{"untagged push", `{"action":"INSERT","digest":"` + arImage + `@` + digestA + `"}`, []Push{{"ar/img", digestA}}},
-		{"nested repository", `{"action":"INSERT","tag":"us-east1-docker.pkg.dev/proj/repo/team/img:v2"}`, []Push{{"ar/team/img", "v2"}}},
-		{"host in other case", `{"action":"INSERT","tag":"US-EAST1-docker.pkg.dev/proj/repo/img:v2"}`, []Push{{"ar/img", "v2"}}},
-		{"registry with a port", `{"action":"INSERT","digest":"127.0.0.2:5000/acme/images/app@` + digestB + `"}`, []Push{{"app", digestB}}},
+		{"tagged push", `{"action":"INSERT","digest":"` + arImage + `@` + digestA + `","tag":"` + arImage + `:1.0"}`, []Push{pushOf("ar/img", "1.0")}},
+		{"untagged push", `{"action":"INSERT","digest":"` + arImage + `@` + digestA + `"}`, []Push{pushOf("ar/img", digestA)}},
+		{"nested repository", `{"action":"INSERT","tag":"us-east1-docker.pkg.dev/proj/repo/team/img:v2"}`, []Push{pushOf("ar/team/img", "v2")}},
+		{"host in other case", `{"action":"INSERT","tag":"US-EAST1-docker.pkg.dev/proj/repo/img:v2"}`, []Push{pushOf("ar/img", "v2")}},
+		{"registry with a port", `{"action":"INSERT","digest":"127.0.0.2:5000/acme/images/app@` + digestB + `"}`, []Push{pushOf("app", digestB)}},
 		{"delete", `{"action":"DELETE","digest":"` + arImage + `@` + digestA + `"}`, nil},
 		{"delete of a tag", `{"action":"DELETE","tag":"` + arImage + `:1.0"}`, nil},
 		{"another action", `{"action":"UPDATE","tag":"` + arImage + `:1.0"}`, nil},
@@ -356,7 +356,7 @@ func (r *recorder) got() []Push {
 
 const testToken = "s3cret-Token_value"
 
-func newTestHandler(t testing.TB, opts WebhookOptions) (*webhookHandler, *recorder, *bytes.Buffer) {
+func newTestHandler(t testing.TB, opts Options) (*webhookHandler, *recorder, *bytes.Buffer) {
 	t.Helper()
 	rec := &recorder{}
 	logs := &bytes.Buffer{}
@@ -366,28 +366,28 @@ func newTestHandler(t testing.TB, opts WebhookOptions) (*webhookHandler, *record
 	opts.Upstream = testTable(t)
 	opts.Trigger = rec.trigger
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := NewWebhookHandler(opts)
+	h, err := NewHandler(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h.(*webhookHandler), rec, logs
 }
 
-func TestNewWebhookHandlerRefuses(t *testing.T) {
+func TestNewHandlerRefuses(t *testing.T) {
 	ups := testTable(t)
 	trig := func(context.Context, Push) {}
 	for _, tc := range []struct {
 		name string
-		opts WebhookOptions
+		opts Options
 	}{
-		{"no token", WebhookOptions{Upstream: ups, Trigger: trig}},
-		{"no upstream", WebhookOptions{Token: "t", Trigger: trig}},
-		{"no trigger", WebhookOptions{Token: "t", Upstream: ups}},
-		{"negative limit", WebhookOptions{Token: "t", Upstream: ups, Trigger: trig, MaxBody: -1}},
+		{"no token", Options{Upstream: ups, Trigger: trig}},
+		{"no upstream", Options{Token: "t", Trigger: trig}},
+		{"no trigger", Options{Token: "t", Upstream: ups}},
+		{"negative limit", Options{Token: "t", Upstream: ups, Trigger: trig, MaxBody: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if h, err := NewWebhookHandler(tc.opts); err == nil || h != nil {
-				t.Errorf("NewWebhookHandler = %v, %v; want an error", h, err)
+			if h, err := NewHandler(tc.opts); err == nil || h != nil {
+				t.Errorf("NewHandler = %v, %v; want an error", h, err)
 			}
 		})
 	}
@@ -413,48 +413,48 @@ func TestWebhookHandler(t *testing.T) {
 		allow       string
 		bodyContain string
 	}{
-		{name: "registry, bearer", method: "POST", target: RegistryWebhookPath, header: bearer, body: regBody,
-			status: 202, want: []Push{{"app", "1.0"}, {"tools/lint", "v3"}}},
-		{name: "registry, events media type", method: "POST", target: RegistryWebhookPath, body: regBody,
+		{name: "registry, bearer", method: "POST", target: RegistryPath, header: bearer, body: regBody,
+			status: 202, want: []Push{pushOf("app", "1.0"), pushOf("tools/lint", "v3")}},
+		{name: "registry, events media type", method: "POST", target: RegistryPath, body: regBody,
 			header: http.Header{"Authorization": {"Bearer " + testToken}, "Content-Type": {EventsMediaType}},
-			status: 202, want: []Push{{"app", "1.0"}, {"tools/lint", "v3"}}},
-		{name: "bearer scheme in lower case", method: "POST", target: RegistryWebhookPath, body: regBody,
-			header: http.Header{"Authorization": {"bearer " + testToken}}, status: 202, want: []Push{{"app", "1.0"}, {"tools/lint", "v3"}}},
-		{name: "pubsub, query token", method: "POST", target: PubSubWebhookPath + "?token=" + url.QueryEscape(testToken),
-			header: http.Header{"Content-Type": {"application/json"}}, body: psBody, status: 202, want: []Push{{"ar/img", "1.0"}}},
-		{name: "pubsub, another bearer and the query token", method: "POST", target: PubSubWebhookPath + "?token=" + testToken,
-			header: http.Header{"Authorization": {"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}}, body: psBody, status: 202, want: []Push{{"ar/img", "1.0"}}},
-		{name: "nothing to sync is still accepted", method: "POST", target: RegistryWebhookPath, header: bearer,
+			status: 202, want: []Push{pushOf("app", "1.0"), pushOf("tools/lint", "v3")}},
+		{name: "bearer scheme in lower case", method: "POST", target: RegistryPath, body: regBody,
+			header: http.Header{"Authorization": {"bearer " + testToken}}, status: 202, want: []Push{pushOf("app", "1.0"), pushOf("tools/lint", "v3")}},
+		{name: "pubsub, query token", method: "POST", target: PubSubPath + "?token=" + url.QueryEscape(testToken),
+			header: http.Header{"Content-Type": {"application/json"}}, body: psBody, status: 202, want: []Push{pushOf("ar/img", "1.0")}},
+		{name: "pubsub, another bearer and the query token", method: "POST", target: PubSubPath + "?token=" + testToken,
+			header: http.Header{"Authorization": {"Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}}, body: psBody, status: 202, want: []Push{pushOf("ar/img", "1.0")}},
+		{name: "nothing to sync is still accepted", method: "POST", target: RegistryPath, header: bearer,
 			body: []byte(`{"events":[]}`), status: 202, bodyContain: `"accepted":0`},
-		{name: "no token", method: "POST", target: RegistryWebhookPath, body: regBody, status: 401},
-		{name: "wrong bearer", method: "POST", target: RegistryWebhookPath, header: http.Header{"Authorization": {"Bearer " + testToken + "x"}}, body: regBody, status: 401},
-		{name: "token prefix", method: "POST", target: RegistryWebhookPath, header: http.Header{"Authorization": {"Bearer " + testToken[:5]}}, body: regBody, status: 401},
-		{name: "empty bearer", method: "POST", target: RegistryWebhookPath, header: http.Header{"Authorization": {"Bearer "}}, body: regBody, status: 401},
-		{name: "basic scheme", method: "POST", target: RegistryWebhookPath, header: http.Header{"Authorization": {"Basic " + testToken}}, body: regBody, status: 401},
-		{name: "token without scheme", method: "POST", target: RegistryWebhookPath, header: http.Header{"Authorization": {testToken}}, body: regBody, status: 401},
-		{name: "wrong query token", method: "POST", target: PubSubWebhookPath + "?token=nope", body: psBody, status: 401},
-		{name: "empty query token", method: "POST", target: PubSubWebhookPath + "?token=", body: psBody, status: 401},
-		{name: "wrong token, bad body: 401 first", method: "POST", target: RegistryWebhookPath, body: []byte("{"), status: 401},
-		{name: "GET", method: "GET", target: RegistryWebhookPath, header: bearer, status: 405, allow: "POST"},
-		{name: "PUT", method: "PUT", target: PubSubWebhookPath, header: bearer, body: psBody, status: 405, allow: "POST"},
-		{name: "GET without token: 405", method: "GET", target: RegistryWebhookPath, status: 405, allow: "POST"},
+		{name: "no token", method: "POST", target: RegistryPath, body: regBody, status: 401},
+		{name: "wrong bearer", method: "POST", target: RegistryPath, header: http.Header{"Authorization": {"Bearer " + testToken + "x"}}, body: regBody, status: 401},
+		{name: "token prefix", method: "POST", target: RegistryPath, header: http.Header{"Authorization": {"Bearer " + testToken[:5]}}, body: regBody, status: 401},
+		{name: "empty bearer", method: "POST", target: RegistryPath, header: http.Header{"Authorization": {"Bearer "}}, body: regBody, status: 401},
+		{name: "basic scheme", method: "POST", target: RegistryPath, header: http.Header{"Authorization": {"Basic " + testToken}}, body: regBody, status: 401},
+		{name: "token without scheme", method: "POST", target: RegistryPath, header: http.Header{"Authorization": {testToken}}, body: regBody, status: 401},
+		{name: "wrong query token", method: "POST", target: PubSubPath + "?token=nope", body: psBody, status: 401},
+		{name: "empty query token", method: "POST", target: PubSubPath + "?token=", body: psBody, status: 401},
+		{name: "wrong token, bad body: 401 first", method: "POST", target: RegistryPath, body: []byte("{"), status: 401},
+		{name: "GET", method: "GET", target: RegistryPath, header: bearer, status: 405, allow: "POST"},
+		{name: "PUT", method: "PUT", target: PubSubPath, header: bearer, body: psBody, status: 405, allow: "POST"},
+		{name: "GET without token: 405", method: "GET", target: RegistryPath, status: 405, allow: "POST"},
 		{name: "unknown path", method: "POST", target: "/webhooks/other", header: bearer, body: regBody, status: 404},
-		{name: "path with trailing slash", method: "POST", target: RegistryWebhookPath + "/", header: bearer, body: regBody, status: 404},
+		{name: "path with trailing slash", method: "POST", target: RegistryPath + "/", header: bearer, body: regBody, status: 404},
 		{name: "root", method: "GET", target: "/", status: 404},
-		{name: "body too large", method: "POST", target: RegistryWebhookPath, header: bearer, body: regBody, maxBody: 100, status: 413},
-		{name: "body at the limit", method: "POST", target: RegistryWebhookPath, header: bearer, body: regBody, maxBody: int64(len(regBody)),
-			status: 202, want: []Push{{"app", "1.0"}, {"tools/lint", "v3"}}},
-		{name: "form content", method: "POST", target: RegistryWebhookPath, body: regBody,
+		{name: "body too large", method: "POST", target: RegistryPath, header: bearer, body: regBody, maxBody: 100, status: 413},
+		{name: "body at the limit", method: "POST", target: RegistryPath, header: bearer, body: regBody, maxBody: int64(len(regBody)),
+			status: 202, want: []Push{pushOf("app", "1.0"), pushOf("tools/lint", "v3")}},
+		{name: "form content", method: "POST", target: RegistryPath, body: regBody,
 			header: http.Header{"Authorization": {"Bearer " + testToken}, "Content-Type": {"application/x-www-form-urlencoded"}}, status: 415},
-		{name: "bad content type", method: "POST", target: RegistryWebhookPath, body: regBody,
+		{name: "bad content type", method: "POST", target: RegistryPath, body: regBody,
 			header: http.Header{"Authorization": {"Bearer " + testToken}, "Content-Type": {"application/json; ="}}, status: 415},
-		{name: "bad JSON", method: "POST", target: RegistryWebhookPath, header: bearer, body: []byte(`{"events":[`), status: 400, bodyContain: "malformed event"},
-		{name: "envelope on the pubsub path", method: "POST", target: PubSubWebhookPath, header: bearer, body: regBody, status: 400},
-		{name: "bad name", method: "POST", target: RegistryWebhookPath, header: bearer,
+		{name: "bad JSON", method: "POST", target: RegistryPath, header: bearer, body: []byte(`{"events":[`), status: 400, bodyContain: "malformed event"},
+		{name: "envelope on the pubsub path", method: "POST", target: PubSubPath, header: bearer, body: regBody, status: 400},
+		{name: "bad name", method: "POST", target: RegistryPath, header: bearer,
 			body: envelope(t, event{"push", ociManifest, digestA, "acme/images/APP", "", "1.0"}), status: 400, bodyContain: "APP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, rec, logs := newTestHandler(t, WebhookOptions{MaxBody: tc.maxBody})
+			h, rec, logs := newTestHandler(t, Options{MaxBody: tc.maxBody})
 			req := httptest.NewRequest(tc.method, tc.target, bytes.NewReader(tc.body))
 			for k, v := range tc.header {
 				req.Header[k] = v
@@ -485,9 +485,9 @@ func TestWebhookHandler(t *testing.T) {
 
 // A 401 must not depend on the body: it is not read.
 func TestWebhookUnauthorizedDoesNotReadBody(t *testing.T) {
-	h, _, _ := newTestHandler(t, WebhookOptions{})
+	h, _, _ := newTestHandler(t, Options{})
 	body := &countingReader{r: strings.NewReader(`{"events":[]}`)}
-	req := httptest.NewRequest("POST", RegistryWebhookPath, body)
+	req := httptest.NewRequest("POST", RegistryPath, body)
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, req)
 	if w.Code != http.StatusUnauthorized {
@@ -512,7 +512,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // The token is compared with the constant-time compare, on fixed-size hashes, whichever way it
 // comes.
 func TestWebhookTokenComparedInConstantTime(t *testing.T) {
-	h, _, _ := newTestHandler(t, WebhookOptions{})
+	h, _, _ := newTestHandler(t, Options{})
 	var lens []int
 	h.compare = func(a, b []byte) int {
 		lens = append(lens, len(a), len(b))
@@ -523,10 +523,10 @@ func TestWebhookTokenComparedInConstantTime(t *testing.T) {
 		header http.Header
 		status int
 	}{
-		{RegistryWebhookPath, http.Header{"Authorization": {"Bearer " + testToken}}, 202},
-		{RegistryWebhookPath, http.Header{"Authorization": {"Bearer x"}}, 401},
-		{RegistryWebhookPath + "?token=" + testToken, nil, 202},
-		{RegistryWebhookPath + "?token=" + strings.Repeat("x", 1000), nil, 401},
+		{RegistryPath, http.Header{"Authorization": {"Bearer " + testToken}}, 202},
+		{RegistryPath, http.Header{"Authorization": {"Bearer x"}}, 401},
+		{RegistryPath + "?token=" + testToken, nil, 202},
+		{RegistryPath + "?token=" + strings.Repeat("x", 1000), nil, 401},
 	} {
 		lens = nil
 		req := httptest.NewRequest("POST", tc.target, strings.NewReader(`{"events":[]}`))
@@ -548,17 +548,17 @@ func TestWebhookTokenComparedInConstantTime(t *testing.T) {
 // The handler's success and failure lines name the route and status but never the token, even
 // when the token came in the query.
 func TestWebhookLogs(t *testing.T) {
-	h, _, logs := newTestHandler(t, WebhookOptions{})
+	h, _, logs := newTestHandler(t, Options{})
 	for _, target := range []string{
-		RegistryWebhookPath + "?token=" + testToken,
-		RegistryWebhookPath + "?token=" + testToken + "-wrong",
-		PubSubWebhookPath + "?token=" + testToken,
+		RegistryPath + "?token=" + testToken,
+		RegistryPath + "?token=" + testToken + "-wrong",
+		PubSubPath + "?token=" + testToken,
 	} {
 		req := httptest.NewRequest("POST", target, strings.NewReader(`{"events":[{"action":"push","target":{"mediaType":"`+ociManifest+`","repository":"acme/images/app","tag":"1.0"}}]}`))
 		h.ServeHTTP(httptest.NewRecorder(), req)
 	}
 	out := logs.String()
-	for _, want := range []string{"route=/webhooks/registry", "repo=app", "ref=1.0", "status=401", "status=400"} {
+	for _, want := range []string{"route=/webhooks/registry", "repository=app", "ref=1.0", "status=401", "status=400"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
@@ -571,7 +571,7 @@ func TestWebhookLogs(t *testing.T) {
 // Trigger is called before the answer, with the pushes in order, and the request's context.
 func TestWebhookTriggerBeforeAnswer(t *testing.T) {
 	var got []string
-	h, err := NewWebhookHandler(WebhookOptions{
+	h, err := NewHandler(Options{
 		Token:    testToken,
 		Upstream: testTable(t),
 		Trigger: func(ctx context.Context, p Push) {
@@ -590,7 +590,7 @@ func TestWebhookTriggerBeforeAnswer(t *testing.T) {
 		event{"push", ociManifest, digestA, "acme/images/app", "", "1.0"},
 		event{"push", ociManifest, digestB, "acme/images/app", "", ""},
 	)
-	req, err := http.NewRequest("POST", srv.URL+RegistryWebhookPath, bytes.NewReader(body))
+	req, err := http.NewRequest("POST", srv.URL+RegistryPath, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -640,8 +640,8 @@ func TestPushString(t *testing.T) {
 		p    Push
 		want string
 	}{
-		{Push{"app", "1.0"}, "app:1.0"},
-		{Push{"org/app", digestA}, "org/app@" + digestA},
+		{pushOf("app", "1.0"), "app:1.0"},
+		{pushOf("org/app", digestA), "org/app@" + digestA},
 	} {
 		if got := tc.p.String(); got != tc.want {
 			t.Errorf("%#v.String() = %q, want %q", tc.p, got, tc.want)
@@ -649,11 +649,11 @@ func TestPushString(t *testing.T) {
 	}
 }
 
-func ExampleNewWebhookHandler() {
+func ExampleNewHandler() {
 	def, _ := url.Parse("https://us-central1-docker.pkg.dev/v2/oci-proxy/oci-proxy-images/")
 	ups, _ := upstream.NewTable(def, nil)
 	q := NewQueue(func(ctx context.Context, p Push) { fmt.Println("sync", p) }, 2)
-	h, err := NewWebhookHandler(WebhookOptions{Token: "from sync.webhook.token_file", Upstream: ups, Trigger: q.Trigger})
+	h, err := NewHandler(Options{Token: "from sync.webhook.token_file", Upstream: ups, Trigger: q.Trigger})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -1,4 +1,7 @@
-package geo
+// Package codes knows the ISO 3166-1 country codes and the continent each belongs to, as MaxMind
+// reports them. It has no dependencies, so that the configuration can check codes without
+// linking GeoIP.
+package codes
 
 // ContinentOf returns the continent code (AF AN AS EU NA OC SA) of an ISO 3166-1 alpha-2 country
 // code, or "" when the code is not assigned. The assignment follows GeoNames, which MaxMind's

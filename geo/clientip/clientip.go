@@ -1,9 +1,15 @@
-package geo
+// Package clientip finds a request's client address behind a chain of trusted proxies, from the
+// one forwarding header those proxies write (X-Forwarded-For or RFC 7239 Forwarded), walked from
+// the right. It does not locate the address (package geo does) and believes no header from a
+// connection it does not trust.
+package clientip
 
 import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/happy-turtle/oci-proxy/geo"
 )
 
 // Bounds on what a request's forwarding headers can make us do. Only the rightmost hops can have
@@ -17,14 +23,14 @@ const (
 	maxHeaderBytes = 16 << 10
 )
 
-// ClientIP finds the address of the client behind a chain of trusted proxies. It is immutable
+// Resolver finds the address of the client behind a chain of trusted proxies. It is immutable
 // and safe for concurrent use.
-type ClientIP struct {
+type Resolver struct {
 	header Header
 	// A handful of prefixes, the usual case, are faster to scan than to search; a long list (a
 	// CDN's published ranges, say) goes into a trie.
 	few  []netip.Prefix
-	many *NetworkTable
+	many *geo.NetworkTable
 }
 
 // fewTrusted is where a scan stops beating the trie.
@@ -34,59 +40,46 @@ const fewTrusted = 8
 type Header uint8
 
 const (
-	// HeaderXFF believes X-Forwarded-For only: what nearly every load balancer appends. A
+	// XForwardedFor believes X-Forwarded-For only: what nearly every load balancer appends. A
 	// Forwarded header is then the client's own words and is ignored.
-	HeaderXFF Header = iota
-	// HeaderForwarded believes RFC 7239 Forwarded only.
-	HeaderForwarded
-	// HeaderAny uses Forwarded when it names a for= node, X-Forwarded-For otherwise. Safe only
+	XForwardedFor Header = iota
+	// Forwarded believes RFC 7239 Forwarded only.
+	Forwarded
+	// Any uses Forwarded when it names a for= node, X-Forwarded-For otherwise. Safe only
 	// when the proxies strip or overwrite both headers: a proxy that appends to one passes the
 	// client's version of the other through.
-	HeaderAny
+	Any
 )
 
-// ParseHeader reads a header setting: "x-forwarded-for" (or ""), "forwarded" or "any".
-func ParseHeader(s string) (Header, bool) {
-	switch strings.ToLower(s) {
-	case "", "x-forwarded-for":
-		return HeaderXFF, true
-	case "forwarded":
-		return HeaderForwarded, true
-	case "any":
-		return HeaderAny, true
-	}
-	return 0, false
-}
-
-// NewClientIP trusts the forwarding header h of connections from the given prefixes. With no
+// New trusts the forwarding header h of connections from the given prefixes. With no
 // prefixes, headers are never trusted and the connection's address is always the client.
-func NewClientIP(trusted []netip.Prefix, h Header) *ClientIP {
-	c := ClientIP{header: h}
-	var rules []NetworkRule
+func New(trusted []netip.Prefix, h Header) *Resolver {
+	c := Resolver{header: h}
+	var rules []geo.NetworkRule
 	for _, p := range trusted {
-		if q, ok := normalizePrefix(p); ok {
+		if q, ok := geo.NormalizePrefix(p); ok {
 			c.few = append(c.few, q)
-			rules = append(rules, NetworkRule{Prefix: q, Tag: "trusted"})
+			rules = append(rules, geo.NetworkRule{Prefix: q, Tag: "trusted"})
 		}
 	}
 	if len(c.few) > fewTrusted {
-		c.few, c.many = nil, NewNetworkTable(rules)
+		c.few, c.many = nil, geo.NewNetworkTable(rules)
 	}
 	return &c
 }
 
 // FromRequest returns the client address of r. It returns the zero Addr only when r.RemoteAddr is
 // not an address (as for some unix-socket listeners).
-func (c *ClientIP) FromRequest(r *http.Request) netip.Addr {
+func (c *Resolver) FromRequest(r *http.Request) netip.Addr {
 	remote := parseRemoteAddr(r.RemoteAddr)
 	if !remote.IsValid() || !c.isTrusted(remote) {
 		return remote
 	}
 	var xff, fwd []string
-	if c.header != HeaderForwarded {
+	if c.header != Forwarded {
 		xff = r.Header.Values("X-Forwarded-For")
 	}
-	if c.header != HeaderXFF {
+	if c.header != XForwardedFor {
 		fwd = r.Header.Values("Forwarded")
 	}
 	return c.Resolve(remote, xff, fwd)
@@ -94,19 +87,15 @@ func (c *ClientIP) FromRequest(r *http.Request) netip.Addr {
 
 func parseRemoteAddr(s string) netip.Addr {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return normalizeAddr(ap.Addr())
+		return geo.NormalizeAddr(ap.Addr())
 	}
 	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
-		return normalizeAddr(a)
+		return geo.NormalizeAddr(a)
 	}
 	return netip.Addr{}
 }
 
-// normalizeAddr gives one spelling per host: a dual-stack listener reports IPv4 clients as
-// ::ffff:a.b.c.d, and zones only make sense on the machine that printed them.
-func normalizeAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
-
-func (c *ClientIP) isTrusted(a netip.Addr) bool {
+func (c *Resolver) isTrusted(a netip.Addr) bool {
 	if c == nil {
 		return false
 	}
@@ -130,8 +119,8 @@ func (c *ClientIP) isTrusted(a netip.Addr) bool {
 // obfuscated identifier, a Forwarded element without for=) ends the walk: the client is then the
 // last address seen right of it, or remote, because anything further left cannot be vouched for.
 // When every hop is trusted the leftmost one is the client.
-func (c *ClientIP) Resolve(remote netip.Addr, xff, forwarded []string) netip.Addr {
-	remote = normalizeAddr(remote)
+func (c *Resolver) Resolve(remote netip.Addr, xff, forwarded []string) netip.Addr {
+	remote = geo.NormalizeAddr(remote)
 	if !remote.IsValid() || !c.isTrusted(remote) {
 		return remote
 	}
@@ -245,7 +234,7 @@ func parseNode(s string) netip.Addr {
 	if err != nil || !validZone(a.Zone()) {
 		return netip.Addr{}
 	}
-	return normalizeAddr(a)
+	return geo.NormalizeAddr(a)
 }
 
 // validZone accepts what a proxy on the client's link may write after '%': an interface name or

@@ -1,4 +1,4 @@
-package syncer
+package webhook
 
 import (
 	"encoding/base64"
@@ -22,12 +22,8 @@ func checkPushes(t *testing.T, ups *upstream.Table, pushes []Push) {
 		if err := oci.ValidateName(p.Repo); err != nil {
 			t.Errorf("push %v: %v", p, err)
 		}
-		if oci.LooksLikeDigest(p.Ref) {
-			if _, err := oci.ParseDigest(p.Ref); err != nil {
-				t.Errorf("push %v: %v", p, err)
-			}
-		} else if err := oci.ValidateTag(p.Ref); err != nil {
-			t.Errorf("push %v: %v", p, err)
+		if again, err := oci.ParseReference(p.Ref.String()); err != nil || again != p.Ref {
+			t.Errorf("push %v: reference does not round-trip: %v", p, err)
 		}
 		route, up := ups.Lookup(p.Repo)
 		host, repo := route.Repository(up)

@@ -1,4 +1,4 @@
-package syncer
+package webhook
 
 import (
 	"context"
@@ -75,7 +75,7 @@ func NewQueue(run func(ctx context.Context, p Push), workers int, opts ...QueueO
 }
 
 // Add queues p unless it is already waiting. It never blocks: when the queue is full, p is
-// dropped and logged. It matches WebhookOptions.Trigger once wrapped:
+// dropped and logged. It matches Options.Trigger once wrapped:
 // func(_ context.Context, p Push) { q.Add(p) }.
 func (q *Queue) Add(p Push) {
 	q.mu.Lock()
@@ -91,11 +91,11 @@ func (q *Queue) Add(p Push) {
 	case q.ch <- p:
 		q.state[p] = waiting
 	default:
-		q.log.Warn("sync queue full: push dropped", "repo", p.Repo, "ref", p.Ref, "reason", "queue full", "limit", cap(q.ch))
+		q.log.Warn("sync queue full: push dropped", "repository", p.Repo, "ref", p.Ref.String(), "reason", "queue full", "limit", cap(q.ch))
 	}
 }
 
-// Trigger adds p to the queue; it has the signature of WebhookOptions.Trigger.
+// Trigger adds p to the queue; it has the signature of Options.Trigger.
 func (q *Queue) Trigger(_ context.Context, p Push) { q.Add(p) }
 
 // Pending returns how many pushes are waiting (not running).

@@ -1,0 +1,253 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/syncer"
+	"github.com/happy-turtle/oci-proxy/syncer/webhook"
+	"github.com/happy-turtle/oci-proxy/upstream"
+)
+
+// SyncOptions configure a Sync. The zero value copies with syncer.DefaultConcurrency, prints
+// text reports to nowhere and logs nothing.
+type SyncOptions struct {
+	DryRun      bool
+	Concurrency int // blobs copied at once; 0: syncer.DefaultConcurrency
+	// Reports receives one report per run, as text or (JSON) one JSON object per line.
+	Reports io.Writer
+	JSON    bool
+	Logger  *slog.Logger
+	// StopTimeout bounds how long a stopping daemon waits for the copies in flight before it
+	// cuts them off. 0: DefaultStopTimeout.
+	StopTimeout time.Duration
+}
+
+// DefaultSyncConcurrency is how many blobs `oci-proxy sync` copies at once.
+const DefaultSyncConcurrency = syncer.DefaultConcurrency
+
+// DefaultStopTimeout is how long `oci-proxy sync` lets copies in flight finish after SIGTERM: long
+// enough for a large layer, shorter than the patience of most process managers' kill timers
+// (Kubernetes' default grace is 30 s; set terminationGracePeriodSeconds to match).
+const DefaultStopTimeout = 5 * time.Minute
+
+// Sync is `oci-proxy sync`: the syncer built from a configuration, run once or as a daemon.
+type Sync struct {
+	cfg     *config.Config
+	ups     *upstream.Table
+	syncer  *syncer.Syncer
+	closer  io.Closer
+	opts    SyncOptions
+	log     *slog.Logger
+	reports sync.Mutex // one report printed at a time
+}
+
+// NewSync builds the syncer for cfg: its writable mirrors as targets, its upstream routes as
+// sources. Close releases the backends.
+func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, error) {
+	if len(cfg.Sync.Repositories) == 0 {
+		return nil, fmt.Errorf("%s: sync.repositories is empty: nothing to copy", cfg.File)
+	}
+	ups, err := UpstreamTable(cfg)
+	if err != nil {
+		return nil, err
+	}
+	targets, closer, err := Writers(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Reports == nil {
+		opts.Reports = io.Discard
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	s := syncer.New(syncPlan(cfg, targets), ups, targets, syncer.Options{Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log})
+	return &Sync{cfg: cfg, ups: ups, syncer: s, closer: closer, opts: opts, log: log}, nil
+}
+
+// Close releases the mirrors' clients.
+func (s *Sync) Close() error { return s.closer.Close() }
+
+func (s *Sync) show(rep syncer.Report) {
+	s.reports.Lock()
+	defer s.reports.Unlock()
+	var err error
+	if s.opts.JSON {
+		err = json.NewEncoder(s.opts.Reports).Encode(rep)
+	} else {
+		err = rep.WriteText(s.opts.Reports)
+	}
+	if err != nil {
+		s.log.Error("sync: print report", slog.String("err", err.Error()))
+	}
+}
+
+// Once copies every configured repository once and prints the report. The error says how many
+// copies failed, if any did.
+func (s *Sync) Once(ctx context.Context) error {
+	rep, err := s.syncer.All(ctx)
+	s.show(rep)
+	if err != nil {
+		return err
+	}
+	if n := rep.Failures(); n > 0 {
+		return fmt.Errorf("sync: %d failures", n)
+	}
+	return nil
+}
+
+// Run is the sync daemon: a full run at start, then one every `every` (0: none) and one for each
+// push announced to the webhooks on listen ("": none). It returns when ctx ends, after the
+// webhook server has stopped and the copies in flight have finished (or StopTimeout has passed,
+// when they are cut off); a push announced but not started by then is left for the next run.
+func (s *Sync) Run(ctx context.Context, every time.Duration, listen string) error {
+	life := newLifecycle(ctx)
+	var srv *http.Server
+	if listen != "" {
+		var err error
+		if srv, err = s.startWebhooks(life, listen); err != nil {
+			life.cancelWork()
+			return err
+		}
+	}
+	life.Go(func(work context.Context) { s.schedule(life.stopping, work, every) })
+	<-ctx.Done()
+	s.log.Info("sync: stopping; waiting for copies in flight", slog.Duration("timeout", s.opts.StopTimeout))
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := srv.Shutdown(sctx); err != nil {
+			s.log.Warn("sync: webhook server shutdown", slog.String("err", err.Error()))
+		}
+		cancel()
+	}
+	if !life.Stop(s.opts.StopTimeout) {
+		s.log.Warn("sync: copies cut off after the stop timeout", slog.Duration("timeout", s.opts.StopTimeout))
+	}
+	return nil
+}
+
+// schedule runs All at once and then every `every` until stopping ends. Copies run on work,
+// which outlives stopping so that a run under way finishes.
+func (s *Sync) schedule(stopping, work context.Context, every time.Duration) {
+	for {
+		rep, err := s.syncer.All(work)
+		if work.Err() != nil {
+			return
+		}
+		s.show(rep)
+		if err != nil {
+			s.log.Error("sync: run failed", slog.String("err", err.Error()))
+		}
+		if every == 0 {
+			return // webhooks only: one full run to catch up, then pushes drive the copies
+		}
+		// Jitter keeps replicas started together from hitting the upstream together.
+		wait := every + rand.N(every/10+1)
+		s.log.Info("sync: next run", slog.Duration("in", wait), slog.Int("failures", rep.Failures()))
+		select {
+		case <-stopping.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// startWebhooks serves the push webhooks on addr: each announced push is queued and copied by a
+// few workers, so that a registry's retries and bursts cost one copy each.
+func (s *Sync) startWebhooks(life *lifecycle, addr string) (*http.Server, error) {
+	if s.cfg.Sync.Webhook.TokenFile == "" {
+		return nil, fmt.Errorf("%s: sync.webhook.token_file is required with --listen: every event must carry the token", s.cfg.File)
+	}
+	token, err := webhook.ReadTokenFile(s.cfg.Sync.Webhook.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	workers := s.opts.Concurrency
+	if workers <= 0 {
+		workers = syncer.DefaultConcurrency
+	}
+	// A push's copy runs on the work context, which outlives the queue's: see lifecycle.
+	q := webhook.NewQueue(func(_ context.Context, p webhook.Push) {
+		rep, err := s.syncer.Ref(life.work, p.Repo, p.Ref)
+		if err != nil {
+			s.log.Error("sync: push failed", slog.String("push", p.String()), slog.String("err", err.Error()))
+		}
+		s.show(rep)
+	}, workers, webhook.QueueLogger(s.log))
+	hooks, err := webhook.NewHandler(webhook.Options{Token: token, Upstream: s.ups, Trigger: q.Trigger, Logger: s.log})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(webhook.RegistryPath, hooks)
+	mux.Handle(webhook.PubSubPath, hooks)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := NewServer(addr, mux, s.log)
+	// The queue takes no new push once stopping ends; the runs it started go on, on work.
+	life.Go(func(context.Context) { q.Run(life.stopping) })
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("sync: webhook server", slog.String("err", err.Error()))
+		}
+	}()
+	s.log.Info("sync: webhooks", slog.String("listen", ln.Addr().String()))
+	return srv, nil
+}
+
+// lifecycle separates "stop starting things" from "stop what runs": stopping ends with the
+// parent context, work only when Stop gives up waiting, so that a copy in flight at SIGTERM
+// finishes instead of leaving a half-written upload behind.
+type lifecycle struct {
+	stopping   context.Context
+	work       context.Context
+	cancelWork context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+func newLifecycle(parent context.Context) *lifecycle {
+	work, cancel := context.WithCancel(context.WithoutCancel(parent))
+	return &lifecycle{stopping: parent, work: work, cancelWork: cancel}
+}
+
+// Go runs f with the work context; Stop waits for it.
+func (l *lifecycle) Go(f func(work context.Context)) {
+	l.wg.Go(func() { f(l.work) })
+}
+
+// Stop waits up to timeout for everything started with Go, then cancels the work context and
+// waits for the rest. It reports whether everything finished in time. Call it once stopping has
+// ended.
+func (l *lifecycle) Stop(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		l.cancelWork()
+		return true
+	case <-t.C:
+		l.cancelWork()
+		<-done
+		return false
+	}
+}

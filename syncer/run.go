@@ -1,0 +1,309 @@
+package syncer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/happy-turtle/oci-proxy/internal/brief"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
+)
+
+// maxReason bounds the reasons in reports and log lines: one line a reader can take in.
+const maxReason = 300
+
+// ref is one tag or digest to copy, with the client name it was asked for by.
+type ref struct {
+	client string
+	ref    name.Reference
+}
+
+// blob is one blob to copy, and where to fetch it.
+type blob struct {
+	desc v1.Descriptor
+	repo name.Repository
+}
+
+// run is the state of one All or Ref.
+type run struct {
+	start   time.Time
+	refs    []ref
+	pullerv *remote.Puller
+	pullErr error
+	once    sync.Once
+	s       *Syncer
+
+	mu        sync.Mutex
+	report    Report
+	manifests map[v1.Hash]bool
+	blobs     map[v1.Hash]*blob
+	order     []v1.Hash
+}
+
+func (s *Syncer) newRun() *run {
+	r := &run{
+		start:     time.Now(),
+		s:         s,
+		manifests: map[v1.Hash]bool{},
+		blobs:     map[v1.Hash]*blob{},
+	}
+	r.report.DryRun = s.opts.DryRun
+	r.report.Start = r.start.UTC()
+	for _, t := range s.targets {
+		r.report.Targets = append(r.report.Targets, TargetReport{Name: t.Name})
+	}
+	for _, sk := range s.plan.Skipped {
+		r.report.Targets = append(r.report.Targets, TargetReport{Name: sk.Name, Skipped: sk.Reason})
+	}
+	return r
+}
+
+// puller returns the run's upstream client: one per run, so that tokens are fetched once per
+// repository and never outlive a scheduled run.
+func (r *run) puller(ctx context.Context) *remote.Puller {
+	r.once.Do(func() {
+		kc, err := r.s.keychain()
+		if err != nil {
+			r.pullErr = err
+			kc = r.s.opts.Keychain
+		}
+		p, err := remote.NewPuller(
+			remote.WithAuthFromKeychain(kc),
+			remote.WithTransport(r.s.opts.Transport),
+			remote.WithUserAgent("oci-proxy-sync"),
+			remote.WithJobs(1),
+		)
+		if err != nil {
+			// NewPuller fails only on invalid options, which are fixed here.
+			panic(err)
+		}
+		r.pullerv = p
+	})
+	if r.pullErr != nil {
+		r.fail("", "", r.pullErr)
+		r.pullErr = nil
+	}
+	return r.pullerv
+}
+
+func (r *run) skip(sk Skip) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.report.Skipped = append(r.report.Skipped, sk)
+}
+
+func (r *run) fail(repo, reference string, err error) {
+	r.mu.Lock()
+	r.report.Errors = append(r.report.Errors, Problem{Repository: repo, Ref: reference, Reason: brief.Error(err, maxReason)})
+	r.mu.Unlock()
+	r.s.log.Warn("sync: upstream", slog.String("repository", repo), slog.String("ref", reference), slog.String("err", brief.Error(err, maxReason)))
+}
+
+// finish reads every manifest of r.refs, then copies every blob they name to every target.
+func (s *Syncer) finish(ctx context.Context, r *run) (Report, error) {
+	p := r.puller(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.opts.Concurrency)
+	for _, rf := range r.refs {
+		g.Go(func() error {
+			if err := r.walk(gctx, p, rf, rf.ref, 0); err != nil {
+				r.fail(rf.client, refString(rf.ref), err)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if err := ctx.Err(); err != nil {
+		return r.done(), fmt.Errorf("sync: %w", err)
+	}
+	r.report.Blobs = len(r.order)
+
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(s.opts.Concurrency)
+	for _, h := range r.order {
+		b := r.blobs[h]
+		g.Go(func() error {
+			r.copyBlob(gctx, p, b)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	rep := r.done()
+	s.log.Info("sync: done", slog.Bool("dry_run", rep.DryRun), slog.Int("blobs", rep.Blobs),
+		slog.Int("copied", rep.copied()), slog.Int("failed", rep.Failures()), slog.Duration("took", time.Since(r.start)))
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("sync: %w", err)
+	}
+	return rep, nil
+}
+
+func (r *run) done() Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.report.Seconds = time.Since(r.start).Seconds()
+	return r.report
+}
+
+func refString(rf name.Reference) string { return rf.Identifier() }
+
+// maxDepth bounds nested indexes: real ones are one level deep.
+const maxDepth = 4
+
+// manifest is the part of any image manifest or index that names blobs and children.
+type manifest struct {
+	MediaType types.MediaType `json:"mediaType"`
+	Config    *v1.Descriptor  `json:"config"`
+	Layers    []v1.Descriptor `json:"layers"`
+	Manifests []v1.Descriptor `json:"manifests"`
+}
+
+// walk reads the manifest at at (a tag, or a digest of rf's repository) and records its blobs,
+// descending into indexes.
+func (r *run) walk(ctx context.Context, p *remote.Puller, rf ref, at name.Reference, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("manifest %s: indexes nested more than %d deep", at.Identifier(), maxDepth)
+	}
+	gctx, cancel := context.WithTimeout(ctx, r.s.opts.Timeout)
+	desc, err := p.Get(gctx, at)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("get manifest: %w", err)
+	}
+	r.mu.Lock()
+	seen := r.manifests[desc.Digest]
+	r.manifests[desc.Digest] = true
+	if !seen {
+		r.report.Manifests++
+	}
+	r.mu.Unlock()
+	if seen {
+		return nil
+	}
+	if desc.MediaType.IsSchema1() {
+		r.skip(Skip{Repository: rf.client, Ref: at.Identifier(), Reason: "schema 1 manifest"})
+		return nil
+	}
+	var m manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return fmt.Errorf("manifest %s: %w", desc.Digest, err)
+	}
+	repo := at.Context()
+	if desc.MediaType.IsIndex() || (m.Config == nil && len(m.Manifests) > 0) {
+		var errs []error
+		for _, c := range m.Manifests {
+			if err := r.walk(ctx, p, rf, repo.Digest(c.Digest.String()), depth+1); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", c.Digest, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if m.Config == nil {
+		r.skip(Skip{Repository: rf.client, Ref: at.Identifier(), Reason: "manifest of type " + string(desc.MediaType) + " names no blobs"})
+		return nil
+	}
+	r.add(rf, repo, *m.Config)
+	for _, l := range m.Layers {
+		r.add(rf, repo, l)
+	}
+	return nil
+}
+
+// add records a blob to copy, once however many manifests name it.
+func (r *run) add(rf ref, repo name.Repository, d v1.Descriptor) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.blobs[d.Digest]; ok {
+		return
+	}
+	var why string
+	switch {
+	case !d.MediaType.IsDistributable() || len(d.URLs) > 0:
+		why = "non-distributable layer"
+	case d.Size < 0:
+		why = "negative size"
+	case newHash(d.Digest.Algorithm) == nil:
+		why = "unsupported digest algorithm"
+	}
+	if _, err := oci.ParseDigest(d.Digest.String()); err != nil && why == "" {
+		why = "invalid digest"
+	}
+	r.blobs[d.Digest] = &blob{desc: d, repo: repo}
+	if why != "" {
+		r.report.Skipped = append(r.report.Skipped, Skip{Repository: rf.client, Digest: d.Digest.String(), Reason: why})
+		return
+	}
+	r.order = append(r.order, d.Digest)
+}
+
+// tally records one blob's outcome on target i.
+func (r *run) tally(i int, b *blob, copied bool, err error) {
+	d := b.desc.Digest.String()
+	t := r.s.targets[i]
+	r.mu.Lock()
+	tr := &r.report.Targets[i]
+	switch {
+	case err != nil:
+		tr.Failed = append(tr.Failed, Problem{Digest: d, Reason: brief.Error(err, maxReason)})
+	case copied:
+		tr.Copied++
+		tr.CopiedBytes += b.desc.Size
+	default:
+		tr.Present++
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		r.s.log.Warn("sync: blob failed", slog.String("mirror", t.Name), slog.String("digest", d), slog.String("err", brief.Error(err, maxReason)))
+	case copied && !r.s.opts.DryRun:
+		r.s.log.Debug("sync: blob copied", slog.String("mirror", t.Name), slog.String("digest", d), slog.Int64("bytes", b.desc.Size))
+	}
+}
+
+// copyBlob checks every target for b and copies it, in one download, to those that lack it.
+func (r *run) copyBlob(ctx context.Context, p *remote.Puller, b *blob) {
+	var missing []int
+	for i, t := range r.s.targets {
+		key := mirrors.Key(t.Prefix, mustDigest(b.desc.Digest))
+		sctx, cancel := context.WithTimeout(ctx, r.s.opts.Timeout)
+		obj, err := t.Writer.Stat(sctx, key)
+		cancel()
+		switch {
+		case err != nil:
+			r.tally(i, b, false, fmt.Errorf("stat: %w", err))
+		case obj.Exists && (obj.Size < 0 || obj.Size == b.desc.Size):
+			r.tally(i, b, false, nil)
+		case r.s.opts.DryRun:
+			r.tally(i, b, true, nil)
+		default:
+			// Absent, or stored with the wrong size: written again.
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	errs := r.transfer(ctx, p, b, missing)
+	for j, i := range missing {
+		r.tally(i, b, errs[j] == nil, errs[j])
+	}
+}
+
+func mustDigest(h v1.Hash) oci.Digest {
+	d, err := oci.ParseDigest(h.String())
+	if err != nil {
+		// add admits only digests that parse.
+		panic(err)
+	}
+	return d
+}
