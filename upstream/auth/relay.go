@@ -153,13 +153,13 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	unavailable := &relayError{http.StatusBadGateway, codeUnknown, "the upstream token service is unavailable"}
 	d, err := rl.discover(ctx, registry)
 	if err != nil {
-		rl.log.LogAttrs(ctx, slog.LevelWarn, "token relay: discovery failed", append(attrs, slog.String("error", err.Error()))...)
+		rl.log.LogAttrs(ctx, slog.LevelWarn, "token relay: discovery failed", append(attrs, slog.String("err", err.Error()))...)
 		writeError(w, r, unavailable)
 		return
 	}
 	status, body, err := rl.forward(ctx, d, scopes, r.Header.Values("Authorization"))
 	if err != nil {
-		rl.log.LogAttrs(ctx, slog.LevelWarn, "token relay: token request failed", append(attrs, slog.String("error", err.Error()))...)
+		rl.log.LogAttrs(ctx, slog.LevelWarn, "token relay: token request failed", append(attrs, slog.String("err", err.Error()))...)
 		writeError(w, r, unavailable)
 		return
 	}

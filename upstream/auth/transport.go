@@ -214,7 +214,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	chs, err := ParseChallenge(strings.Join(resp.Header.Values("Www-Authenticate"), ", "))
 	if err != nil {
 		t.log.LogAttrs(ctx, slog.LevelDebug, "401 without a usable challenge",
-			slog.String("upstream", host), slog.String("error", err.Error()))
+			slog.String("upstream", host), slog.String("err", err.Error()))
 		return resp, nil
 	}
 	if c, ok := bearerChallenge(chs); ok {
@@ -307,7 +307,7 @@ func (t *Transport) fetch(ctx context.Context, k tokenKey, realm *url.URL, creds
 	attrs := []slog.Attr{slog.String("realm", name), slog.String("scope", k.scope)}
 	fail := func(err error) (*tokenEntry, error) {
 		err = fmt.Errorf("token from %s: %w", name, err)
-		t.log.LogAttrs(ctx, slog.LevelWarn, "token request failed", append(attrs, slog.String("error", err.Error()))...)
+		t.log.LogAttrs(ctx, slog.LevelWarn, "token request failed", append(attrs, slog.String("err", err.Error()))...)
 		return nil, err
 	}
 	req, err := tokenRequest(ctx, realm, k.service, nonEmpty(k.scope))
