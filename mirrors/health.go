@@ -96,7 +96,7 @@ func (s *Selector) probe(i int, d oci.Digest) {
 	if err == nil || !wasDown {
 		return
 	}
-	b := min(2*time.Duration(st.backoff.Load()), s.opts.MaxBackoff)
+	b := min(2*time.Duration(st.backoff.Load()), maxBackoff)
 	st.backoff.Store(int64(b))
 	st.downUntil.Store(s.now().Add(b).UnixNano())
 	s.log.Warn("mirror still failing", "mirror", s.mirrors[i].name, "backoff", b, "err", err.Error())

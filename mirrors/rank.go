@@ -108,7 +108,7 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 // order sorts cands best first and, with a trace, records their ranks.
 //
 // The order is: weight 0 last (a last resort, whatever its place), then tier, then distance;
-// mirrors in the same tier whose distances differ by at most TieKm from the nearest of them (or
+// mirrors in the same tier whose distances differ by at most tieKm from the nearest of them (or
 // are all unknown) are equals, and among equals the weighted rendezvous score of (client address,
 // mirror name) decides. The score depends on nothing but those two, so a client keeps its mirror
 // across the requests of one pull and across replicas, each mirror gets clients in proportion to
@@ -183,7 +183,7 @@ func (s *Selector) equal(a, b *cand) bool {
 	if math.IsInf(a.km, 1) || math.IsInf(b.km, 1) {
 		return math.IsInf(a.km, 1) && math.IsInf(b.km, 1)
 	}
-	return b.km-a.km <= s.opts.TieKm
+	return b.km-a.km <= tieKm
 }
 
 func tierOf(m *Mirror, loc *geo.Location) tier {

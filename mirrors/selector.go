@@ -31,22 +31,15 @@ type Options struct {
 	MissTTL time.Duration
 	// CacheSize bounds the presence cache in entries (one per mirror and blob): 100000 when zero.
 	CacheSize int
-	// URLCacheSize bounds the cache of signed URLs: 10000 when zero.
-	URLCacheSize int
 	// HealthAfter is the number of consecutive failed checks after which a mirror is set aside:
 	// 3 when zero.
 	HealthAfter int
 	// Backoff is how long a failing mirror is set aside before it is tried again: 10s when zero.
-	// It doubles while the retries fail, up to MaxBackoff.
+	// It doubles while the retries fail, up to maxBackoff.
 	Backoff time.Duration
-	// MaxBackoff caps Backoff's doubling: 5m when zero.
-	MaxBackoff time.Duration
 	// ProbeInterval is how often Run checks each mirror, so that a dead mirror is noticed even
 	// while every request is answered from the caches: 3s when zero.
 	ProbeInterval time.Duration
-	// TieKm is the distance within which mirrors count as equally near and share clients by
-	// weight: 50 when zero.
-	TieKm float64
 	// Clock returns the current time for cache expiry and health: time.Now when nil. Timeouts of
 	// network calls always use real time.
 	Clock func() time.Time
@@ -64,19 +57,12 @@ func (o Options) withDefaults() Options {
 	def(&o.HitTTL, 24*time.Hour)
 	def(&o.MissTTL, 30*time.Second)
 	def(&o.Backoff, 10*time.Second)
-	def(&o.MaxBackoff, 5*time.Minute)
 	def(&o.ProbeInterval, 3*time.Second)
 	if o.CacheSize <= 0 {
 		o.CacheSize = 100000
 	}
-	if o.URLCacheSize <= 0 {
-		o.URLCacheSize = 10000
-	}
 	if o.HealthAfter <= 0 {
 		o.HealthAfter = 3
-	}
-	if o.TieKm <= 0 {
-		o.TieKm = 50
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -86,6 +72,20 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
+
+// Fixed tunings. They are not options: no deployment has needed another value, and each is
+// explained where it is used.
+const (
+	// urlCacheSize bounds the cache of signed URLs: one per mirror, blob and method, reused for
+	// half their lifetime, so hot blobs stay signed and a scan of cold ones cannot grow it.
+	urlCacheSize = 10000
+	// maxBackoff caps the doubling of Options.Backoff: a mirror that has failed for long is
+	// still retried every few minutes, so it comes back by itself.
+	maxBackoff = 5 * time.Minute
+	// tieKm is the distance within which mirrors count as equally near and share clients by
+	// weight: two data centres of one metro area are one place to a client.
+	tieKm = 50.0
+)
 
 // Query is one blob request to place.
 type Query struct {
@@ -180,7 +180,7 @@ func NewSelector(ms []*Mirror, opts Options) *Selector {
 	s.presence = newCache[presenceKey, Object](opts.CacheSize, func(k presenceKey) uint64 {
 		return maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.mirror)*0x9e3779b97f4a7c15
 	})
-	s.urls = newCache[urlKey, signedURL](opts.URLCacheSize, func(k urlKey) uint64 {
+	s.urls = newCache[urlKey, signedURL](urlCacheSize, func(k urlKey) uint64 {
 		h := maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.mirror)*0x9e3779b97f4a7c15
 		if k.head {
 			h = ^h

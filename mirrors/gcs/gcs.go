@@ -44,10 +44,6 @@ const PublicHost = "storage.googleapis.com"
 type Options struct {
 	// Timeout bounds a Stat whose context has no deadline of its own. Zero: DefaultTimeout.
 	Timeout time.Duration
-	// MaxAttempts is how many times a failed Stat is tried. Zero: 1, because the caller treats a
-	// failure as "try the next mirror" within a short budget, and retrying with back-off would
-	// spend that budget on a mirror that is already misbehaving.
-	MaxAttempts int
 }
 
 // Config is what a Backend needs to know of its mirror; internal/app fills it from a checked
@@ -87,10 +83,10 @@ func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	attempts := opts.MaxAttempts
-	if attempts <= 0 {
-		attempts = 1
-	}
+	// A failed Stat is tried once: the caller treats a failure as "try the next mirror" within a
+	// short budget, and retrying with back-off would spend that budget on a mirror that is
+	// already misbehaving.
+	const attempts = 1
 	// The client sends its own calls to the emulator when this is set; public and signed URLs
 	// must name it too.
 	emulator := os.Getenv("STORAGE_EMULATOR_HOST")

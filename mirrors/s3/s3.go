@@ -42,10 +42,6 @@ type Options struct {
 	HTTPClient *http.Client
 	// Timeout bounds a Stat whose context has no deadline of its own. Zero: DefaultTimeout.
 	Timeout time.Duration
-	// MaxAttempts is how many times a failed Stat is tried. Zero: 1, because the caller treats a
-	// failure as "try the next mirror" within a short budget, and retrying with back-off would
-	// spend that budget on a mirror that is already misbehaving.
-	MaxAttempts int
 	// PartSize is the part size of multipart uploads, and the size from which Put uses them.
 	// Zero: DefaultPartSize. S3 requires at least 5 MiB.
 	PartSize int64
@@ -84,10 +80,10 @@ var _ mirrors.Backend = (*Backend)(nil)
 //
 // New reads local files only; credentials are fetched lazily, on the first call that needs them.
 func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
-	attempts := opts.MaxAttempts
-	if attempts <= 0 {
-		attempts = 1
-	}
+	// A failed Stat is tried once: the caller treats a failure as "try the next mirror" within a
+	// short budget, and retrying with back-off would spend that budget on a mirror that is
+	// already misbehaving.
+	const attempts = 1
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
