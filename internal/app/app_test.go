@@ -291,3 +291,27 @@ mirrors:
 		}
 	}
 }
+
+// /readyz answers from the running generation: ready while its GeoIP databases are open.
+func TestReadyzFollowsTheGeoIPDatabases(t *testing.T) {
+	cfg := testConfig(t, newBlobServer(t, "blobs/"), newBlobServer(t, ""))
+	svc, err := New(t.Context(), cfg, BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	status := func() int {
+		rec := httptest.NewRecorder()
+		svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code
+	}
+	if got := status(); got != http.StatusOK {
+		t.Fatalf("/readyz = %d with the databases open", got)
+	}
+	if err := svc.cur.Load().parts.GeoIP.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := status(); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d with the databases closed, want 503", got)
+	}
+}
