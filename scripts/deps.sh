@@ -57,6 +57,7 @@ go_wanted=(
 	crane:github.com/google/go-containerregistry/cmd/crane@v0.22.1
 	fake-gcs-server:github.com/fsouza/fake-gcs-server@v1.56.1
 	versitygw:github.com/versity/versitygw/cmd/versitygw@v1.8.0
+	staticcheck:honnef.co/go/tools/cmd/staticcheck@v0.8.2
 )
 for pair in "${go_wanted[@]}"; do
 	prog=${pair%%:*} pkg=${pair#*:}

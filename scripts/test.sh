@@ -15,12 +15,21 @@ if [[ -z ${SKIP_DEPS:-} ]]; then
 	scripts/deps.sh
 fi
 
-step "gofmt and go vet"
+step "gofmt, go vet and staticcheck"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [[ -n $unformatted ]]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
 go vet ./...
+staticcheck=$(go env GOBIN)
+[[ -n $staticcheck ]] || staticcheck="$(go env GOPATH)/bin"
+if [[ -x $staticcheck/staticcheck ]]; then
+	"$staticcheck/staticcheck" ./...
+elif [[ -n ${CI:-} ]]; then
+	echo "staticcheck is missing (scripts/deps.sh installs it)"; exit 1
+else
+	echo "staticcheck is missing; skipped (scripts/deps.sh installs it)"
+fi
 
 step "tests (race detector, end-to-end included)"
 go test -race -count=1 -timeout 20m ./...
