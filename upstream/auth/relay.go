@@ -46,6 +46,10 @@ type RelayOptions struct {
 	// registry whose token endpoint is asked, and the name there ("acme/lint"). ok false means
 	// the proxy serves no such name. Names reach it validated. nil means no name is known.
 	MapScope func(clientRepo string) (upstream *url.URL, upstreamRepo string, ok bool)
+	// Login is the upstream registry (its /v2/ URL) asked for a token request that names no
+	// scope at all: `docker login` and `podman login` check credentials that way. nil refuses
+	// such requests, as when several registries sit behind the proxy and none can be chosen.
+	Login *url.URL
 	// Base sends the relay's own requests (pings of /v2/ and token requests), which do not
 	// follow redirects; nil means http.DefaultTransport.
 	Base http.RoundTripper
@@ -85,6 +89,7 @@ type RelayOptions struct {
 func NewRelay(opts RelayOptions) http.Handler {
 	rl := &relay{
 		mapScope: opts.MapScope,
+		login:    loginRegistry(opts.Login),
 		base:     opts.Base,
 		timeout:  opts.Timeout,
 		ttl:      opts.ChallengeTTL,
@@ -115,6 +120,7 @@ func NewRelay(opts RelayOptions) http.Handler {
 
 type relay struct {
 	mapScope func(string) (*url.URL, string, bool)
+	login    *url.URL // the registry of scope-less (login) requests; nil refuses them
 	base     http.RoundTripper
 	timeout  time.Duration
 	ttl      time.Duration
@@ -122,6 +128,13 @@ type relay struct {
 	log      *slog.Logger
 	known    *ttlCache[string, discovered]
 	group    singleflight.Group
+}
+
+func loginRegistry(u *url.URL) *url.URL {
+	if u == nil {
+		return nil
+	}
+	return &url.URL{Scheme: u.Scheme, Host: strings.ToLower(u.Host), Path: "/v2/"}
 }
 
 // discovered is where an upstream registry's tokens come from.
@@ -215,6 +228,11 @@ func (rl *relay) rewrite(params []string) (*url.URL, []string, *relayError) {
 				}
 			}
 		}
+	}
+	if registry == nil && n == 0 && rl.login != nil {
+		// A login: the credentials are checked against the registry's token service with no
+		// scope, which grants nothing but a valid token.
+		return rl.login, nil, nil
 	}
 	if registry == nil {
 		return nil, nil, &relayError{http.StatusBadRequest, codeUnsupported, "a repository scope is required"}

@@ -14,7 +14,8 @@ import (
 )
 
 // relayFixture is a relay in front of two fake upstreams: "tools/" names go to upstream a
-// under acme/, "lib/" to upstream a under library/, "other/" to upstream b.
+// under acme/, "lib/" to upstream a under library/, "other/" to upstream b. An empty
+// opts.Login stands for upstream a.
 type relayFixture struct {
 	a, b  *fakeUpstream
 	clock *fakeClock
@@ -48,6 +49,9 @@ func newRelayFixture(t *testing.T, configure func(a *fakeUpstream), opts RelayOp
 		return nil, "", false
 	}
 	opts.Now = fx.clock.Now
+	if opts.Login != nil && opts.Login.Host == "" {
+		opts.Login = mustParse(t, fx.a.registry.URL+"/v2/")
+	}
 	fx.srv = httptest.NewServer(NewRelay(opts))
 	t.Cleanup(fx.srv.Close)
 	return fx
@@ -289,4 +293,28 @@ func TestRelayUpstreamFailures(t *testing.T) {
 			t.Errorf("status %d %s, want 404 NAME_UNKNOWN", rec.Code, rec.Body)
 		}
 	})
+}
+
+// A request with no scope at all is a login: relayed to the Login registry when one is set, with
+// the client's credentials and no scope, and refused without one (TestRelay's "no scope").
+func TestRelayLogin(t *testing.T) {
+	alice := "Basic " + b64("alice:pw")
+	fx := newRelayFixture(t, nil, RelayOptions{})
+	refused, _ := fx.get(t, http.MethodGet, "service=oci-proxy&account=alice", alice)
+	if refused.StatusCode != http.StatusBadRequest {
+		t.Fatalf("login without a Login registry: status %d, want 400", refused.StatusCode)
+	}
+	fx = newRelayFixture(t, nil, RelayOptions{Login: &url.URL{}})
+	resp, body := fx.get(t, http.MethodGet, "service=oci-proxy&account=alice", alice)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"token":"tok-`) {
+		t.Fatalf("login: status %d, body %s", resp.StatusCode, body)
+	}
+	want := []tokenCall{{User: "alice", Service: fakeService, Auth: alice}}
+	if d := cmp.Diff(want, fx.a.tokenCalls()); d != "" {
+		t.Errorf("token requests upstream (-want +got):\n%s", d)
+	}
+	bad, _ := fx.get(t, http.MethodGet, "service=oci-proxy", "Basic "+b64("alice:wrong"))
+	if bad.StatusCode != http.StatusUnauthorized {
+		t.Errorf("login with a wrong password: status %d, want the upstream's 401", bad.StatusCode)
+	}
 }
