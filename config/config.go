@@ -37,6 +37,7 @@ type Config struct {
 	Presence        Presence
 	Admin           Admin
 	Routes          []Route
+	Cache           Cache
 	Sync            Sync
 }
 
@@ -181,10 +182,32 @@ type Route struct {
 	Line     int
 }
 
-// Auth are credentials for an upstream, read from files. The zero value is anonymous.
+// Auth says whose credentials a route's upstream requests carry. At most one of the three is set;
+// the zero value is anonymous (the upstream's anonymous tokens).
 type Auth struct {
+	// Username and PasswordFile (an absolute path) are the proxy's own credentials.
 	Username     string
-	PasswordFile string // absolute path
+	PasswordFile string
+	// DockerConfig is a Docker config.json (absolute path) holding the proxy's own credentials,
+	// directly or through a credential helper.
+	DockerConfig string
+	// Client relays each client's own credentials: the proxy holds none (proxy mode only).
+	Client bool
+}
+
+// Own reports whether the proxy presents credentials of its own.
+func (a Auth) Own() bool { return a.Username != "" || a.DockerConfig != "" }
+
+// Cache tunes the manifest cache of proxy-mode routes.
+type Cache struct {
+	// TagTTL is how long an answer by tag (a manifest, a tag list, referrers) is served from the
+	// cache; 0: never (each request asks the upstream).
+	TagTTL time.Duration
+	// StaleGrace is how long after TagTTL such an answer is still served, marked stale, while
+	// the upstream is unreachable or failing; 0: never.
+	StaleGrace time.Duration
+	// MaxBytes bounds each proxy route's cache; 0: no cache at all.
+	MaxBytes int64
 }
 
 // Sync configures `oci-proxy sync`.

@@ -156,9 +156,9 @@ func (d *decoder) scalar(n *yaml.Node, v reflect.Value, key string) {
 			return
 		}
 		v.SetBool(b)
-	case t.Kind() == reflect.Int:
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
 		i, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n.Tag != "!!int" || int64(int(i)) != i {
+		if err != nil || n.Tag != "!!int" || v.OverflowInt(i) {
 			d.errorf(n, "%s: %q is not a whole number", key, s)
 			return
 		}

@@ -18,6 +18,7 @@ type rawConfig struct {
 	Presence        rawPresence `yaml:"presence"`
 	Admin           rawAdmin    `yaml:"admin"`
 	Routes          []rawRoute  `yaml:"routes"`
+	Cache           rawCache    `yaml:"cache"`
 	Sync            rawSync     `yaml:"sync"`
 }
 
@@ -92,6 +93,15 @@ type rawRoute struct {
 type rawAuth struct {
 	Username     string `yaml:"username"`
 	PasswordFile string `yaml:"password_file"`
+	DockerConfig string `yaml:"docker_config"`
+	Client       bool   `yaml:"client"`
+}
+
+// rawCache's pointers tell "not set" (the default) from an explicit 0 (off).
+type rawCache struct {
+	TagTTL     *time.Duration `yaml:"tag_ttl"`
+	StaleGrace *time.Duration `yaml:"stale_grace"`
+	MaxBytes   *int64         `yaml:"max_bytes"`
 }
 
 type rawSync struct {

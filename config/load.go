@@ -65,6 +65,7 @@ func (c *Config) resolvePaths(dir string) {
 	}
 	for i := range c.Routes {
 		abs(&c.Routes[i].Auth.PasswordFile)
+		abs(&c.Routes[i].Auth.DockerConfig)
 	}
 	abs(&c.Sync.Webhook.TokenFile)
 }

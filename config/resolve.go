@@ -27,6 +27,12 @@ const (
 	DefaultBackoff     = 10 * time.Second
 	DefaultWeight      = 100
 	MaxWeight          = 1000000
+	// The manifest cache of proxy routes: a pushed tag shows within seconds; a registry's short
+	// outage is ridden out; thousands of manifests fit.
+	DefaultTagTTL     = 5 * time.Second
+	DefaultStaleGrace = 5 * time.Minute
+	DefaultCacheBytes = 32 << 20
+	MaxCacheTTL       = 24 * time.Hour
 )
 
 // resolve checks every value of r and builds the Config; problems go to v.
@@ -116,6 +122,7 @@ func resolve(r *rawConfig, file string, v *validator) *Config {
 		}
 	}
 	c.Routes = resolveRoutes(r.Routes, v)
+	c.Cache = resolveCache(r.Cache, v)
 	c.Sync.Repositories = resolveSync(r.Sync.Repositories, v)
 	return c
 }
@@ -439,6 +446,30 @@ func hasDotSegment(prefix string) bool {
 	return false
 }
 
+func resolveCache(r rawCache, v *validator) Cache {
+	c := Cache{TagTTL: DefaultTagTTL, StaleGrace: DefaultStaleGrace, MaxBytes: DefaultCacheBytes}
+	for _, d := range []struct {
+		key string
+		in  *time.Duration
+		out *time.Duration
+	}{{"tag_ttl", r.TagTTL, &c.TagTTL}, {"stale_grace", r.StaleGrace, &c.StaleGrace}} {
+		if d.in == nil {
+			continue
+		}
+		if *d.in < 0 || *d.in > MaxCacheTTL {
+			v.at(p("cache", d.key), "cache.%s must be between 0 (off) and %s, not %s", d.key, MaxCacheTTL, *d.in)
+		}
+		*d.out = *d.in
+	}
+	if r.MaxBytes != nil {
+		if *r.MaxBytes < 0 {
+			v.at(p("cache", "max_bytes"), "cache.max_bytes must not be negative (0 turns the cache off)")
+		}
+		c.MaxBytes = *r.MaxBytes
+	}
+	return c
+}
+
 func resolveRoutes(raw []rawRoute, v *validator) []Route {
 	seen := map[string]bool{}
 	var out []Route
@@ -464,12 +495,24 @@ func resolveRoutes(raw []rawRoute, v *validator) []Route {
 		case "", "redirect":
 			r.Mode = Redirect
 		case "proxy":
-			v.at(p("routes", i, "mode"), "routes: mode proxy (serving manifests for upstreams that demand tokens) is not available in this version; use redirect")
+			r.Mode = Proxy
 		default:
 			v.at(p("routes", i, "mode"), "routes: mode must be redirect or proxy, not %q", rr.Mode)
 		}
-		if (r.Auth.Username == "") != (r.Auth.PasswordFile == "") {
+		a := r.Auth
+		kinds := 0
+		for _, set := range []bool{a.Username != "" || a.PasswordFile != "", a.DockerConfig != "", a.Client} {
+			if set {
+				kinds++
+			}
+		}
+		switch {
+		case kinds > 1:
+			v.at(p("routes", i, "auth"), "routes: auth takes one of username and password_file, docker_config, or client: true")
+		case (a.Username == "") != (a.PasswordFile == ""):
 			v.at(p("routes", i, "auth"), "routes: auth needs both username and password_file")
+		case a.Client && r.Mode != Proxy:
+			v.at(p("routes", i, "auth"), "routes: auth.client relays the clients' credentials, which needs mode: proxy")
 		}
 		out = append(out, r)
 	}

@@ -45,6 +45,26 @@ type BlobRouter interface {
 	RouteBlob(ctx context.Context, q BlobQuery) BlobTarget
 }
 
+// ProxyRequest is a request on a route in proxy mode, as a Proxy sees it.
+type ProxyRequest struct {
+	Route    Route           // the parsed request; KindBase for /v2/
+	Upstream *upstream.Route // the route it falls under; nil for KindBase
+	Name     string          // the repository name as the upstream knows it
+	URL      string          // the upstream URL of the request: a configured base plus validated parts
+}
+
+// Proxy serves the routes in proxy mode (upstream.Proxy): manifests, tag lists, referrers and the
+// blobs no mirror holds are fetched from the upstream and answered by the proxy itself.
+type Proxy interface {
+	// Serve answers q itself, errors included.
+	Serve(w http.ResponseWriter, r *http.Request, q ProxyRequest)
+	// Admit is asked before a blob of a route that relays client credentials is sent to a mirror,
+	// and for /v2/ when any route does: it reports whether the client of r may have it, or
+	// writes the refusal (a challenge, a denial) and reports false. A mirrored private layer is
+	// never handed to a client the upstream would refuse.
+	Admit(w http.ResponseWriter, r *http.Request, q ProxyRequest) bool
+}
+
 // Observation is one answered request, for metrics. Kind is 0 for requests outside /v2/; Mirror
 // and Reason are set for blob redirects only.
 type Observation struct {
@@ -65,6 +85,8 @@ type Options struct {
 	Upstream *upstream.Table
 	// Blobs routes blob requests; nil sends every blob to the upstream (ReasonNoMirrors).
 	Blobs BlobRouter
+	// Proxy serves the routes in proxy mode; required when Upstream has any.
+	Proxy Proxy
 	// ClientAddr finds the client's address; nil uses the connection's address.
 	ClientAddr func(*http.Request) netip.Addr
 	// Ready reports readiness for /readyz; nil is always ready.
@@ -93,6 +115,11 @@ type Handler struct {
 func New(opts Options) *Handler {
 	if opts.Upstream == nil {
 		panic("redirector.New: Options.Upstream is nil")
+	}
+	for _, r := range opts.Upstream.Routes() {
+		if r.Mode == upstream.Proxy && opts.Proxy == nil {
+			panic("redirector.New: a route is in proxy mode and Options.Proxy is nil")
+		}
 	}
 	h := &Handler{opts: opts, log: opts.Logger, now: opts.Now}
 	if h.log == nil {
@@ -182,6 +209,9 @@ func (h *Handler) serve(w *recorder, r *http.Request) Kind {
 	}
 	switch route.Kind {
 	case KindBase:
+		if h.opts.Proxy != nil && h.opts.Upstream.ClientAuth() && !h.opts.Proxy.Admit(w, r, ProxyRequest{Route: route}) {
+			break
+		}
 		hd := w.Header()
 		hd["Content-Type"] = jsonType
 		w.WriteHeader(http.StatusOK)
@@ -201,12 +231,21 @@ func (h *Handler) serve(w *recorder, r *http.Request) Kind {
 		case KindReferrers:
 			loc = up.URL(name, "referrers", route.Digest.String(), route.Query)
 		}
+		if up.Mode == upstream.Proxy {
+			h.opts.Proxy.Serve(w, r, ProxyRequest{Route: route, Upstream: up, Name: name, URL: loc})
+			break
+		}
 		redirect(w, loc)
 	}
 	return route.Kind
 }
 
 func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
+	up, name := h.opts.Upstream.Lookup(route.Name)
+	pq := ProxyRequest{Route: route, Upstream: up, Name: name, URL: up.URL(name, "blobs", route.Digest.String(), "")}
+	if up.ClientAuth && !h.opts.Proxy.Admit(w, r, pq) {
+		return
+	}
 	var t BlobTarget
 	if h.opts.Blobs != nil {
 		t = h.opts.Blobs.RouteBlob(r.Context(), BlobQuery{
@@ -216,9 +255,9 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
 			Method: r.Method,
 		})
 	}
-	if t.URL == "" {
-		up, name := h.opts.Upstream.Lookup(route.Name)
-		t.URL = up.URL(name, "blobs", route.Digest.String(), "")
+	toUpstream := t.URL == ""
+	if toUpstream {
+		t.URL = pq.URL
 		t.Mirror = upstream.XMirror
 		if t.Reason == "" {
 			t.Reason = ReasonNoMirrors
@@ -228,6 +267,10 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
 	hd := w.Header()
 	hd["X-Mirror"] = []string{t.Mirror}
 	hd["X-Mirror-Reason"] = []string{t.Reason}
+	if toUpstream && up.Mode == upstream.Proxy {
+		h.opts.Proxy.Serve(w, r, pq)
+		return
+	}
 	redirect(w, t.URL)
 }
 

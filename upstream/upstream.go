@@ -19,7 +19,29 @@ const XMirror = "upstream"
 type Route struct {
 	Prefix string
 	Base   *url.URL
-	base   string // Base as a string, computed once
+	// Mode says whether clients are redirected to Base (the zero value) or served by the proxy.
+	Mode Mode
+	// ClientAuth (proxy mode only) means the clients' own credentials are relayed upstream.
+	ClientAuth bool
+	base       string // Base as a string, computed once
+}
+
+// Mode is how a route serves manifests, tags and referrers.
+type Mode uint8
+
+const (
+	// Redirect sends clients to the upstream with a 307.
+	Redirect Mode = iota
+	// Proxy fetches from the upstream and answers the client itself: for upstreams that demand
+	// tokens, which clients would ask for under the wrong name or not at all after a redirect.
+	Proxy
+)
+
+func (m Mode) String() string {
+	if m == Proxy {
+		return "proxy"
+	}
+	return "redirect"
 }
 
 // Table holds the routes, longest prefix first; the last one has Prefix "" and catches every name.
@@ -37,7 +59,9 @@ func NewTable(def *url.URL, extra []Route) (*Table, error) {
 		if r.Prefix == "" {
 			hasDefault = true
 		}
-		t.routes = append(t.routes, newRoute(r.Prefix, r.Base))
+		nr := newRoute(r.Prefix, r.Base)
+		nr.Mode, nr.ClientAuth = r.Mode, r.ClientAuth
+		t.routes = append(t.routes, nr)
 	}
 	if !hasDefault {
 		if def == nil {
@@ -72,6 +96,17 @@ func (t *Table) Lookup(name string) (*Route, string) {
 	}
 	// Unreachable with a default route: prefix "" matches every non-empty name.
 	return &t.routes[len(t.routes)-1], name
+}
+
+// ClientAuth reports whether some route relays its clients' credentials: then the proxy
+// challenges clients that bring none.
+func (t *Table) ClientAuth() bool {
+	for i := range t.routes {
+		if t.routes[i].ClientAuth {
+			return true
+		}
+	}
+	return false
 }
 
 // Routes returns the routes, longest prefix first.

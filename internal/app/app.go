@@ -108,6 +108,17 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 			}
 		}
 	}
+	if hasProxyRoute(cfg) {
+		ps, err := newProxies(cfg, ups, s.metrics, s.log)
+		if err != nil {
+			parts.Close()
+			return nil, err
+		}
+		opts.Proxy = ps
+		if ups.ClientAuth() {
+			mount[TokenPath] = tokenRelay(ups, s.log)
+		}
+	}
 	g.handler = redirector.New(opts)
 	return g, nil
 }
@@ -131,7 +142,7 @@ func mirrorLabel(m config.Mirror) string {
 func UpstreamTable(cfg *config.Config) (*upstream.Table, error) {
 	var routes []upstream.Route
 	for _, r := range cfg.Routes {
-		routes = append(routes, upstream.Route{Prefix: r.Prefix, Base: r.Upstream})
+		routes = append(routes, upstream.Route{Prefix: r.Prefix, Base: r.Upstream, Mode: routeMode(r.Mode), ClientAuth: r.Auth.Client})
 	}
 	t, err := upstream.NewTable(cfg.Upstream, routes)
 	if err != nil {
@@ -264,4 +275,20 @@ func serve(ctx context.Context, log *slog.Logger, srvs []*http.Server, lns []net
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+func routeMode(m config.Mode) upstream.Mode {
+	if m == config.Proxy {
+		return upstream.Proxy
+	}
+	return upstream.Redirect
+}
+
+func hasProxyRoute(cfg *config.Config) bool {
+	for _, r := range cfg.Routes {
+		if r.Mode == config.Proxy {
+			return true
+		}
+	}
+	return false
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/redirector"
 	"github.com/happy-turtle/oci-proxy/upstream"
+	"github.com/happy-turtle/oci-proxy/upstream/proxy"
 )
 
 // kinds are the route kinds, indexed by redirector.Kind; labels come only from small fixed sets
@@ -30,6 +31,8 @@ type Metrics struct {
 	blobVec   *prometheus.CounterVec
 	reloads   *prometheus.CounterVec
 	lastOK    prometheus.Gauge
+	cache     [][3]prometheus.Counter // [proxy.Kind][proxy.CacheState]
+	blobBytes prometheus.Counter
 
 	// Replaced together when a reload changes the mirror table.
 	blobs atomic.Pointer[map[[2]string]prometheus.Counter] // {mirror, reason}
@@ -78,9 +81,24 @@ func NewMetrics(info BuildInfo) *Metrics {
 		Help: "When the running configuration was loaded.",
 	})
 	lastOK.SetToCurrentTime()
-	reg.MustRegister(build, reqVec, durVec, blobVec, reloads, lastOK)
+	cacheVec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "oci_proxy_upstream_cache_total",
+		Help: "Proxy-mode answers for manifests, tags and referrers, by kind and cache state (hit, miss, stale).",
+	}, []string{"kind", "state"})
+	blobBytes := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "oci_proxy_upstream_blob_bytes_total",
+		Help: "Blob bytes streamed through the proxy from upstreams that serve them themselves (proxy bandwidth).",
+	})
+	reg.MustRegister(build, reqVec, durVec, blobVec, reloads, lastOK, cacheVec, blobBytes)
 
-	m := &Metrics{reg: reg, blobVec: blobVec, reloads: reloads, lastOK: lastOK}
+	m := &Metrics{reg: reg, blobVec: blobVec, reloads: reloads, lastOK: lastOK, blobBytes: blobBytes}
+	for _, k := range []proxy.Kind{0, proxy.Manifest, proxy.Tags, proxy.Referrers, proxy.Blob} {
+		var row [3]prometheus.Counter
+		for _, st := range []proxy.CacheState{proxy.Miss, proxy.Hit, proxy.Stale} {
+			row[st] = cacheVec.WithLabelValues(k.String(), st.String())
+		}
+		m.cache = append(m.cache, row)
+	}
 	m.reloads.WithLabelValues("ok")
 	m.reloads.WithLabelValues("refused")
 	for _, k := range kinds {
@@ -174,3 +192,13 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, h.Name)
 	}
 }
+
+// Cache counts a proxy-mode answer (proxy.Observer).
+func (m *Metrics) Cache(k proxy.Kind, s proxy.CacheState) {
+	if int(k) < len(m.cache) && int(s) < 3 {
+		m.cache[k][s].Inc()
+	}
+}
+
+// BlobBytes counts bytes streamed through the proxy (proxy.Observer).
+func (m *Metrics) BlobBytes(n int64) { m.blobBytes.Add(float64(n)) }

@@ -94,8 +94,27 @@ func (s *Skopeo) run(t testing.TB, args ...string) string {
 // digest with RawManifest, and its images with Manifests, which skopeo stores unchanged.
 func (s *Skopeo) Copy(t testing.TB, ref string) Pulled {
 	t.Helper()
+	return s.copy(t, ref)
+}
+
+// CopyAs is Copy with a user's credentials.
+func (s *Skopeo) CopyAs(t testing.TB, ref string, c Creds) Pulled {
+	t.Helper()
+	return s.copy(t, ref, "--src-creds", c.User+":"+c.Password)
+}
+
+// CopyErr is Copy that returns skopeo's output and error instead of failing the test.
+func (s *Skopeo) CopyErr(t testing.TB, ref string) (string, error) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "skopeo")
-	s.run(t, "copy", "--all", "--src-tls-verify=false", "docker://"+ref, "dir:"+dir)
+	return RunErr(PullTimeout, nil, s.Bin, "--insecure-policy", "copy", "--all", "--src-tls-verify=false", "docker://"+ref, "dir:"+dir)
+}
+
+func (s *Skopeo) copy(t testing.TB, ref string, extra ...string) Pulled {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "skopeo")
+	args := append([]string{"copy", "--all", "--src-tls-verify=false"}, extra...)
+	s.run(t, append(args, "docker://"+ref, "dir:"+dir)...)
 	m, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
 	if err != nil {
 		t.Fatalf("skopeo copy %s wrote no manifest: %v", ref, err)
@@ -190,6 +209,13 @@ func (p *Podman) Pull(t testing.TB, ref string) Pulled {
 	return Pulled{Digest: p.ImageDigest(t, ref)}
 }
 
+// PullAs is Pull with a user's credentials.
+func (p *Podman) PullAs(t testing.TB, ref string, c Creds) Pulled {
+	t.Helper()
+	p.Cmd(t, "pull", "--tls-verify=false", "--quiet", "--creds", c.User+":"+c.Password, ref)
+	return Pulled{Digest: p.ImageDigest(t, ref)}
+}
+
 // ImageDigest returns the manifest digest of the stored image ref was pulled as.
 func (p *Podman) ImageDigest(t testing.TB, ref string) string {
 	t.Helper()
@@ -201,7 +227,17 @@ func (p *Podman) ImageDigest(t testing.TB, ref string) string {
 }
 
 // Crane runs the crane CLI.
-type Crane struct{ Bin string }
+type Crane struct {
+	Bin string
+	env []string // DOCKER_CONFIG of As
+}
+
+// As returns a crane that authenticates as c to registry (host:port), through a Docker config
+// file of its own.
+func (c *Crane) As(t testing.TB, registry string, cr Creds) *Crane {
+	t.Helper()
+	return &Crane{Bin: c.Bin, env: []string{"DOCKER_CONFIG=" + DockerConfigDir(t, registry, cr)}}
+}
 
 // NewCrane finds crane (see Need).
 func NewCrane(t testing.TB) *Crane {
@@ -212,7 +248,7 @@ func NewCrane(t testing.TB) *Crane {
 // Cmd runs crane with args and --insecure (plain HTTP to any registry), returning its output.
 func (c *Crane) Cmd(t testing.TB, args ...string) string {
 	t.Helper()
-	return Run(t, PullTimeout, nil, c.Bin, append(args, "--insecure")...)
+	return Run(t, PullTimeout, c.env, c.Bin, append(args, "--insecure")...)
 }
 
 // Digest returns what `crane digest` reports for ref: the digest of the manifest or index.

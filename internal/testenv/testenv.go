@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -173,10 +174,16 @@ func Run(t testing.TB, timeout time.Duration, env []string, bin string, args ...
 
 // RunErr is Run that returns the error instead of failing.
 func RunErr(timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	return RunErrInput(timeout, env, nil, bin, args...)
+}
+
+// RunErrInput is RunErr with stdin (nil: none).
+func RunErrInput(timeout time.Duration, env []string, stdin io.Reader, bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = stdin
 	out, err := cmd.CombinedOutput()
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("timed out after %s: %w", timeout, err)
