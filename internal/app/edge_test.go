@@ -1,9 +1,9 @@
 package app
 
 import (
-	"fmt"
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
