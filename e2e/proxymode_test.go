@@ -27,6 +27,7 @@ const (
 //	pub/   proxy mode, anonymous tokens          -> acme/public/
 //	own/   proxy mode, the proxy's credentials   -> acme/private/
 //	mine/  proxy mode, the clients' credentials  -> acme/private/
+//	cfg/   proxy mode, the proxy's credentials from a Docker config file -> acme/private/
 type tokenSetup struct {
 	ts    *testenv.TokenServer
 	reg   *testenv.Registry
@@ -57,6 +58,7 @@ func startTokenSetup(t *testing.T, extraConfig string) *tokenSetup {
 	if err := os.WriteFile(pw, []byte(botPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	dockerCfg := filepath.Join(testenv.DockerConfigDir(t, s.reg.Host, testenv.Creds{User: "bot", Password: botPassword}), "config.json")
 	cfg := fmt.Sprintf(`upstream: %[1]s/v2/acme/public/
 routes:
   - prefix: pub/
@@ -70,7 +72,11 @@ routes:
     upstream: %[1]s/v2/acme/private/
     mode: proxy
     auth: {client: true}
-%[3]s`, s.reg.URL, pw, extraConfig)
+  - prefix: cfg/
+    upstream: %[1]s/v2/acme/private/
+    mode: proxy
+    auth: {docker_config: %[4]s}
+%[3]s`, s.reg.URL, pw, extraConfig, dockerCfg)
 	s.proxy = testenv.StartProxy(t, bin, cfg)
 	return s
 }
@@ -113,6 +119,7 @@ func TestProxyModePulls(t *testing.T) {
 		{"client credentials image", "mine/app:1.0", s.privApp, &s.alice},
 		{"client credentials index", "mine/multi:1.0", s.privMulti, &s.alice},
 		{"by digest", "own/app@" + s.privApp.Digest, s.privApp, nil},
+		{"docker config credentials", "cfg/multi:1.0", s.privMulti, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ref := s.proxy.Ref(tc.ref)
@@ -193,4 +200,34 @@ func checkNoSecrets(t *testing.T, s *tokenSetup) {
 	}
 }
 
-var _ = http.StatusOK
+
+
+// Sync copies from a token-guarded upstream with the same upstream clients as proxy mode: the
+// proxy's credentials for a private repository, anonymous tokens for a public one.
+func TestSyncFromTokenUpstream(t *testing.T) {
+	testenv.IsolateGCS(t)
+	gcs := testenv.StartFakeGCS(t)
+	gcs.CreateBucket(t, "token-mirror")
+	t.Setenv("STORAGE_EMULATOR_HOST", gcs.Host)
+	s := startTokenSetup(t, `mirrors:
+  - {name: g, provider: gcs, bucket: token-mirror, prefix: blobs/}
+sync:
+  repositories:
+    - name: own/app
+    - name: pub/multi
+`)
+	rep, out, err := runSync(t, s.proxy.Config)
+	if err != nil || rep.Failures() != 0 {
+		t.Fatalf("sync: %v\n%s", err, out)
+	}
+	for _, b := range append(s.privApp.Blobs(), s.pubMulti.Blobs()...) {
+		key := "blobs/" + strings.Replace(b, ":", "/", 1)
+		a := do(t, http.MethodGet, gcs.URL+"/token-mirror/"+key, nil)
+		if a.Status != http.StatusOK || testenv.SHA256Digest(a.Body) != b {
+			t.Errorf("blob %s in the mirror: status %d, content %s", b, a.Status, testenv.SHA256Digest(a.Body))
+		}
+	}
+	if strings.Contains(out, botPassword) {
+		t.Error("the sync output contains the proxy's password")
+	}
+}

@@ -40,7 +40,6 @@ type run struct {
 	start   time.Time
 	refs    []ref
 	pullerv *remote.Puller
-	pullErr error
 	once    sync.Once
 	s       *Syncer
 
@@ -73,11 +72,7 @@ func (s *Syncer) newRun() *run {
 // repository and never outlive a scheduled run.
 func (r *run) puller(ctx context.Context) *remote.Puller {
 	r.once.Do(func() {
-		kc, err := r.s.keychain()
-		if err != nil {
-			r.pullErr = err
-			kc = r.s.opts.Keychain
-		}
+		kc := r.s.opts.Keychain
 		p, err := remote.NewPuller(
 			remote.WithAuthFromKeychain(kc),
 			remote.WithTransport(r.s.opts.Transport),
@@ -90,10 +85,6 @@ func (r *run) puller(ctx context.Context) *remote.Puller {
 		}
 		r.pullerv = p
 	})
-	if r.pullErr != nil {
-		r.fail("", "", r.pullErr)
-		r.pullErr = nil
-	}
 	return r.pullerv
 }
 

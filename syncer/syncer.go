@@ -50,11 +50,12 @@ type Options struct {
 	DryRun bool
 	// Logger receives a line per copied or failed blob and per finished run. Nil: discard.
 	Logger *slog.Logger
-	// Keychain authenticates to the upstream registries. Nil: authn.DefaultKeychain (docker's
-	// config.json and credential helpers). A route with `auth` in the configuration uses that
-	// username and password file instead.
+	// Keychain gives go-containerregistry credentials for its own token flow. Nil: none
+	// (anonymous), for a Transport that authenticates by itself, as oci-proxy sync's does.
 	Keychain authn.Keychain
-	// Transport carries every upstream request. Nil: remote.DefaultTransport.
+	// Transport carries every upstream request. Nil: remote.DefaultTransport. oci-proxy sync
+	// passes the upstream clients that proxy mode uses, which do the token flow with each
+	// route's credentials.
 	Transport http.RoundTripper
 	// Timeout bounds each metadata call; a blob copy gets Timeout plus one second per MiB.
 	// Zero: DefaultTimeout.
@@ -68,9 +69,6 @@ type Plan struct {
 	// Skipped are configured mirrors that are not targets, listed in every report with why
 	// (disabled, not writable).
 	Skipped []SkippedMirror
-	// Credentials authenticate to the upstream repositories they match, before
-	// Options.Keychain is asked.
-	Credentials []Credential
 }
 
 // Repository is one repository to copy, by the name clients use, with tag globs (path.Match
@@ -83,13 +81,6 @@ type Repository struct {
 // SkippedMirror is a configured mirror that sync does not write to, and why.
 type SkippedMirror struct {
 	Name, Reason string
-}
-
-// Credential is a username and a password file for the upstream repositories on Host whose path
-// starts with Prefix. The file is read at every run, so a rotated password is used at once.
-type Credential struct {
-	Host, Prefix           string
-	Username, PasswordFile string
 }
 
 // Syncer copies blobs from the upstream into the targets. It holds no state between runs and is
@@ -112,7 +103,7 @@ func New(plan Plan, ups *upstream.Table, targets []Target, opts Options) *Syncer
 		opts.Timeout = DefaultTimeout
 	}
 	if opts.Keychain == nil {
-		opts.Keychain = authn.DefaultKeychain
+		opts.Keychain = authn.NewMultiKeychain() // resolves every registry to anonymous
 	}
 	if opts.Transport == nil {
 		opts.Transport = remote.DefaultTransport

@@ -109,12 +109,12 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		}
 	}
 	if hasProxyRoute(cfg) {
-		ps, err := newProxies(cfg, ups, s.metrics, s.log)
+		clients, err := newUpstreamClients(cfg, s.log)
 		if err != nil {
 			parts.Close()
 			return nil, err
 		}
-		opts.Proxy = ps
+		opts.Proxy = newProxies(cfg, clients, s.metrics, s.log)
 		if ups.ClientAuth() {
 			mount[TokenPath] = tokenRelay(ups, s.log)
 		}

@@ -54,16 +54,13 @@ func Validate(ctx context.Context, path string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Building the parts opens the databases and range files and reads credentials files, so
+	// Building the service opens the databases and range files and reads credentials files, so
 	// that validate refuses what serve would refuse. Nothing is fetched over the network.
-	parts, err := BuildParts(ctx, cfg, slog.New(slog.DiscardHandler))
+	svc, err := New(ctx, cfg, BuildInfo{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
-	if err := parts.Close(); err != nil {
-		return err
-	}
-	if _, err := UpstreamTable(cfg); err != nil {
+	if err := svc.Close(); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(w, "%s: ok (upstream %s, %d mirrors)\n", path, defaultUpstream(cfg), len(cfg.Mirrors))

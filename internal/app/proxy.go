@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"crypto/sha256"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,18 +51,13 @@ type routeProxy struct {
 	check *http.Client // HEADs for admission: the route's client, not following redirects
 }
 
-func newProxies(cfg *config.Config, ups *upstream.Table, obs proxy.Observer, log *slog.Logger) (*proxies, error) {
+func newProxies(cfg *config.Config, clients *upstreamClients, obs proxy.Observer, log *slog.Logger) *proxies {
 	ps := &proxies{byPrefix: map[string]*routeProxy{}, name: cfg.Name, log: log, admitted: map[string]time.Time{}}
-	base := newUpstreamTransport()
 	for _, r := range cfg.Routes {
 		if r.Mode != config.Proxy {
 			continue
 		}
-		creds, err := routeCredentials(r.Auth)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: route %q: %w", cfg.File, r.Line, r.Prefix, err)
-		}
-		client := &http.Client{Transport: auth.NewTransport(base, creds, auth.TransportOptions{Logger: log})}
+		client := &http.Client{Transport: clients.byPrefix[r.Prefix]}
 		check := *client
 		check.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 		check.Timeout = 30 * time.Second
@@ -80,7 +74,7 @@ func newProxies(cfg *config.Config, ups *upstream.Table, obs proxy.Observer, log
 		}
 		ps.byPrefix[r.Prefix] = &routeProxy{p: proxy.New(opts), check: &check}
 	}
-	return ps, nil
+	return ps
 }
 
 // offIfZero maps the configuration's 0 (off) to the proxy's negative (off); its 0 is a default.

@@ -76,7 +76,17 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = DefaultStopTimeout
 	}
-	s := syncer.New(syncPlan(cfg, targets), ups, targets, syncer.Options{Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log})
+	clients, err := newUpstreamClients(cfg, log)
+	if err != nil {
+		closer.Close()
+		return nil, err
+	}
+	s := syncer.New(syncPlan(cfg, targets), ups, targets, syncer.Options{
+		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log,
+		// The upstream clients authenticate (no Keychain: go-containerregistry's own token flow
+		// must not).
+		Transport: clients,
+	})
 	return &Sync{cfg: cfg, ups: ups, syncer: s, closer: closer, opts: opts, log: log}, nil
 }
 

@@ -38,8 +38,8 @@ func Writers(ctx context.Context, cfg *config.Config) ([]syncer.Target, io.Close
 	return targets, closers, nil
 }
 
-// syncPlan translates the configuration's sync section, its mirror table and its routes'
-// credentials into what the syncer needs. Mirrors that are not among targets are listed as
+// syncPlan translates the configuration's sync section and its mirror table into what the
+// syncer needs. Mirrors that are not among targets are listed as
 // skipped, with why.
 func syncPlan(cfg *config.Config, targets []syncer.Target) syncer.Plan {
 	var p syncer.Plan
@@ -59,24 +59,7 @@ func syncPlan(cfg *config.Config, targets []syncer.Target) syncer.Plan {
 			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "not writable (" + m.Provider.String() + " mirror)"})
 		}
 	}
-	for _, r := range cfg.Routes {
-		if r.Auth.Username == "" || r.Upstream == nil {
-			continue
-		}
-		host, repo := r.Upstream.Host, r.Upstream.Path
-		p.Credentials = append(p.Credentials, syncer.Credential{
-			Host: host, Prefix: trimV2(repo), Username: r.Auth.Username, PasswordFile: r.Auth.PasswordFile,
-		})
-	}
 	return p
-}
-
-// trimV2 is the repository prefix of an upstream path: "/v2/acme/" is "acme/".
-func trimV2(path string) string {
-	if len(path) >= 4 && path[:4] == "/v2/" {
-		return path[4:]
-	}
-	return ""
 }
 
 type closeAll []io.Closer
