@@ -200,8 +200,6 @@ func checkNoSecrets(t *testing.T, s *tokenSetup) {
 	}
 }
 
-
-
 // Sync copies from a token-guarded upstream with the same upstream clients as proxy mode: the
 // proxy's credentials for a private repository, anonymous tokens for a public one.
 func TestSyncFromTokenUpstream(t *testing.T) {
