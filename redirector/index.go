@@ -11,7 +11,10 @@ type IndexInfo struct {
 	Example  string   // an image to show in the pull example, e.g. app:1.0
 	Upstream string   // where manifests come from
 	Mirrors  []string // mirror descriptions, e.g. "eu-west (DE)"
-	Version  string
+	// Routes describe the name prefixes with an upstream of their own, e.g.
+	// "tools/ → https://ghcr.io/v2/acme/ (proxy)"; none when there is one upstream.
+	Routes  []string
+	Version string
 }
 
 // The page is rendered once at start: it must not echo anything from a request (no Host header),
@@ -31,6 +34,8 @@ pulls from it: docker, podman, containerd, skopeo, crane.</p>
 <p>Manifests and tags come from the upstream registry{{if .Upstream}} (<code>{{.Upstream}}</code>){{end}}.
 Layers are served from the nearest mirror that holds them{{if .Mirrors}}:{{else}}, or from the upstream.{{end}}</p>
 {{if .Mirrors}}<ul>{{range .Mirrors}}<li>{{.}}</li>{{end}}</ul>{{end}}
+{{if .Routes}}<p>Names are served from these upstreams, the longest prefix first:</p>
+<ul>{{range .Routes}}<li><code>{{.}}</code></li>{{end}}</ul>{{end}}
 <p>Pushing is not possible here: push to the upstream registry.</p>
 <p><small>oci-proxy {{.Version}}</small></p>
 </body>

@@ -36,7 +36,7 @@ Usage:
   oci-proxy serve    --config FILE [--listen ADDR] [--log-format text|json] [--log-level LEVEL]
                      [--reload-interval 5s]   (SIGHUP also reloads)
   oci-proxy validate --config FILE
-  oci-proxy resolve  --config FILE --ip ADDR [--digest DIGEST] [--method GET|HEAD] [--json]
+  oci-proxy resolve  --config FILE --ip ADDR [--name REPOSITORY] [--digest DIGEST] [--method GET|HEAD] [--json]
   oci-proxy sync     --config FILE [--dry-run] [--every DURATION] [--concurrency N] [--json]
                      (copies blobs from the upstream into the s3 and gcs mirrors; exits 1 on failures)
   oci-proxy version
@@ -165,6 +165,7 @@ func resolve(args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
 	var q app.ResolveQuery
 	fs.StringVar(&q.IP, "ip", "", "client address to explain (required)")
+	fs.StringVar(&q.Name, "name", "", "repository name; also says which route and mode it takes (optional)")
 	fs.StringVar(&q.Digest, "digest", "", "blob digest; checks which mirrors hold it (optional)")
 	fs.StringVar(&q.Method, "method", "GET", "GET or HEAD")
 	fs.BoolVar(&q.JSON, "json", false, "print JSON instead of text")

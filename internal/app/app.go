@@ -100,6 +100,11 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 			Version:  s.info.Version,
 		},
 	}
+	if rs := ups.Routes(); len(rs) > 1 {
+		for i := range rs {
+			opts.Index.Routes = append(opts.Index.Routes, describeRoute(&rs[i]))
+		}
+	}
 	if len(cfg.Mirrors) > 0 {
 		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log}
 		for _, m := range cfg.Mirrors {
@@ -291,4 +296,18 @@ func hasProxyRoute(cfg *config.Config) bool {
 		}
 	}
 	return false
+}
+
+// describeRoute says where a route's names go and how: "tools/ → https://ghcr.io/v2/acme/
+// (proxy, clients' credentials)"; the default route's prefix shows as "(any other name)".
+func describeRoute(r *upstream.Route) string {
+	prefix := r.Prefix
+	if prefix == "" {
+		prefix = "(any other name)"
+	}
+	how := r.Mode.String()
+	if r.ClientAuth {
+		how += ", clients' credentials"
+	}
+	return prefix + " → " + r.String() + " (" + how + ")"
 }

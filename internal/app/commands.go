@@ -13,6 +13,7 @@ import (
 	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/oci"
+	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // ErrInput is wrapped by the errors about a command's own arguments (not its configuration), so
@@ -81,6 +82,7 @@ func defaultUpstream(cfg *config.Config) string {
 
 // ResolveQuery is what `oci-proxy resolve` explains: a client address and optionally a blob.
 type ResolveQuery struct {
+	Name   string // optional: also say which route and mode this repository name takes
 	IP     string // required
 	Digest string // optional: also check which mirrors hold it
 	Method string // GET or HEAD; "" is GET
@@ -112,12 +114,59 @@ func Resolve(ctx context.Context, path string, q ResolveQuery, w io.Writer) erro
 	if err != nil {
 		return err
 	}
+	var route *RouteExplanation
+	if q.Name != "" {
+		ups, err := UpstreamTable(cfg)
+		if err != nil {
+			return err
+		}
+		if route, err = explainRoute(ups, q.Name); err != nil {
+			return fmt.Errorf("%w: --name: %v", ErrInput, err)
+		}
+	}
 	parts, err := BuildParts(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
 	defer parts.Close()
-	return writeExplanation(w, parts.Explain(ctx, addr, d, method), q.JSON)
+	e := parts.Explain(ctx, addr, d, method)
+	if route == nil {
+		return writeExplanation(w, e, q.JSON)
+	}
+	if q.JSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Route *RouteExplanation   `json:"route"`
+			Blob  mirrors.Explanation `json:"blob"`
+		}{route, e})
+	}
+	if _, err := fmt.Fprintf(w, "name %s: %s\nupstream repository %s, manifests by %s\n\n", q.Name, route.Description, route.UpstreamRepository, route.Mode); err != nil {
+		return err
+	}
+	return e.WriteText(w)
+}
+
+// RouteExplanation is which route a repository name takes.
+type RouteExplanation struct {
+	Prefix             string `json:"prefix"`
+	Upstream           string `json:"upstream"`
+	Mode               string `json:"mode"` // redirect or proxy
+	ClientCredentials  bool   `json:"client_credentials"`
+	UpstreamRepository string `json:"upstream_repository"` // host/path as the upstream knows it
+	Description        string `json:"description"`
+}
+
+func explainRoute(ups *upstream.Table, name string) (*RouteExplanation, error) {
+	if err := oci.ValidateName(name); err != nil {
+		return nil, err
+	}
+	r, upName := ups.Lookup(name)
+	host, repo := r.Repository(upName)
+	return &RouteExplanation{
+		Prefix: r.Prefix, Upstream: r.String(), Mode: r.Mode.String(), ClientCredentials: r.ClientAuth,
+		UpstreamRepository: host + "/" + repo, Description: describeRoute(r),
+	}, nil
 }
 
 // Explain is the one explanation of a blob decision, shared by `resolve` and /_/resolve.
