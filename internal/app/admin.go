@@ -6,12 +6,13 @@ import (
 	"net/netip"
 
 	"github.com/happy-turtle/oci-proxy/oci"
+	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // resolveHandler explains, for ?ip=ADDR (default: the caller's own address as the proxy sees it)
-// and an optional ?digest=, which mirror a blob request would get and why: Parts.Explain, as
+// and an optional ?digest= and ?name=, which route a name takes and which mirror a blob request would get and why: Parts.Explain, as
 // `oci-proxy resolve` prints it. JSON by default, ?format=text for people.
-func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
+func resolveHandler(p *Parts, ups *upstream.Table, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", "GET")
@@ -36,6 +37,14 @@ func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
 				return
 			}
 		}
+		var route *RouteExplanation
+		if s := q.Get("name"); s != "" {
+			var err error
+			if route, err = explainRoute(ups, s); err != nil {
+				http.Error(w, "name: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
 		method := http.MethodGet
 		if q.Get("method") == http.MethodHead {
 			method = http.MethodHead
@@ -48,7 +57,7 @@ func resolveHandler(p *Parts, log *slog.Logger) http.Handler {
 		} else {
 			w.Header().Set("Content-Type", "application/json")
 		}
-		if err := writeExplanation(w, e, !text); err != nil {
+		if err := writeResolve(w, route, e, !text); err != nil {
 			log.Warn("write resolve answer", slog.String("err", err.Error()))
 		}
 	})

@@ -79,7 +79,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	mount := map[string]http.Handler{"/metrics": s.metrics.Handler()}
 	if cfg.Admin.Enabled {
 		admin := http.NewServeMux()
-		admin.Handle("/_/resolve", resolveHandler(parts, s.log))
+		admin.Handle("/_/resolve", resolveHandler(parts, ups, s.log))
 		if cfg.Admin.Listen == "" {
 			mount["/_/resolve"] = admin
 		} else {

@@ -129,11 +129,16 @@ func Resolve(ctx context.Context, path string, q ResolveQuery, w io.Writer) erro
 		return err
 	}
 	defer parts.Close()
-	e := parts.Explain(ctx, addr, d, method)
+	return writeResolve(w, route, parts.Explain(ctx, addr, d, method), q.JSON)
+}
+
+// writeResolve writes an explanation, with the route of a name first when there is one: the one
+// output of `oci-proxy resolve` and /_/resolve.
+func writeResolve(w io.Writer, route *RouteExplanation, e mirrors.Explanation, asJSON bool) error {
 	if route == nil {
-		return writeExplanation(w, e, q.JSON)
+		return writeExplanation(w, e, asJSON)
 	}
-	if q.JSON {
+	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
@@ -141,7 +146,7 @@ func Resolve(ctx context.Context, path string, q ResolveQuery, w io.Writer) erro
 			Blob  mirrors.Explanation `json:"blob"`
 		}{route, e})
 	}
-	if _, err := fmt.Fprintf(w, "name %s: %s\nupstream repository %s, manifests by %s\n\n", q.Name, route.Description, route.UpstreamRepository, route.Mode); err != nil {
+	if _, err := fmt.Fprintf(w, "name %s: %s\nupstream repository %s, manifests by %s\n\n", route.Name, route.Description, route.UpstreamRepository, route.Mode); err != nil {
 		return err
 	}
 	return e.WriteText(w)
@@ -149,6 +154,7 @@ func Resolve(ctx context.Context, path string, q ResolveQuery, w io.Writer) erro
 
 // RouteExplanation is which route a repository name takes.
 type RouteExplanation struct {
+	Name               string `json:"name"`
 	Prefix             string `json:"prefix"`
 	Upstream           string `json:"upstream"`
 	Mode               string `json:"mode"` // redirect or proxy
@@ -164,6 +170,7 @@ func explainRoute(ups *upstream.Table, name string) (*RouteExplanation, error) {
 	r, upName := ups.Lookup(name)
 	host, repo := r.Repository(upName)
 	return &RouteExplanation{
+		Name:   name,
 		Prefix: r.Prefix, Upstream: r.String(), Mode: r.Mode.String(), ClientCredentials: r.ClientAuth,
 		UpstreamRepository: host + "/" + repo, Description: describeRoute(r),
 	}, nil

@@ -11,6 +11,7 @@ import (
 )
 
 const routesConfig = `upstream: https://registry.example/v2/acme/
+admin: {enabled: true}
 routes:
   - {prefix: tools/, upstream: "https://ghcr.io/v2/acme/", mode: proxy}
   - {prefix: private/, upstream: "https://ghcr.io/v2/acme-private/", mode: proxy, auth: {client: true}}
@@ -60,6 +61,11 @@ func TestRouteExplained(t *testing.T) {
 	}
 	defer svc.Close()
 	rec := httptest.NewRecorder()
+	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/_/resolve?ip=192.0.2.1&name=tools/lint&format=text", nil))
+	if !strings.Contains(rec.Body.String(), "name tools/lint: tools/ → https://ghcr.io/v2/acme/ (proxy)\n") {
+		t.Errorf("/_/resolve?name=: %d\n%s", rec.Code, rec.Body.String())
+	}
+	rec = httptest.NewRecorder()
 	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	page := rec.Body.String()
 	for _, want := range []string{"tools/ → https://ghcr.io/v2/acme/ (proxy)", "private/ → https://ghcr.io/v2/acme-private/ (proxy, clients&#39; credentials)"} {
