@@ -34,7 +34,7 @@ const usage = `oci-proxy gives container images a domain of their own.
 
 Usage:
   oci-proxy serve    --config FILE [--listen ADDR] [--log-format text|json] [--log-level LEVEL]
-                     [--reload-interval 5s]   (SIGHUP also reloads)
+                     [--reload-interval 5s] (SIGHUP also reloads) [--shutdown-grace 5s]
   oci-proxy validate --config FILE
   oci-proxy resolve  --config FILE --ip ADDR [--name REPOSITORY] [--digest DIGEST] [--method GET|HEAD] [--json]
   oci-proxy sync     --config FILE [--dry-run] [--every DURATION] [--concurrency N] [--json]
@@ -112,8 +112,13 @@ func serve(args []string, stderr io.Writer) error {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	reloadEvery := fs.Duration("reload-interval", app.DefaultReloadInterval, "how often to check the config file and the files it names for changes (0: only on SIGHUP)")
+	grace := fs.Duration("shutdown-grace", app.DefaultShutdownGrace, "on SIGTERM, how long to go on serving with /readyz answering 503 before in-flight requests finish and the process exits")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *grace < 0 {
+		fmt.Fprintf(stderr, "oci-proxy serve: --shutdown-grace must not be negative\n")
+		return errUsage
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -130,6 +135,7 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer svc.Close()
+	svc.SetShutdownGrace(*grace)
 	if *cfgPath != "" {
 		svc.Watch(*cfgPath, *listen, *reloadEvery)
 		hup := make(chan os.Signal, 1)

@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -38,6 +40,11 @@ type Service struct {
 	every time.Duration
 
 	runCtx context.Context // set by Run, for the background work of later generations
+
+	// grace is how long Run keeps serving after its context ends, with /readyz answering 503,
+	// so that a load balancer stops sending traffic before the listener closes.
+	grace    time.Duration
+	draining atomic.Bool
 
 	reloadMu sync.Mutex // one reload at a time
 	failed   stamps     // the files of the last refused reload, so it is not retried until they change
@@ -76,20 +83,27 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		return nil, err
 	}
 	g := &generation{cfg: cfg, parts: parts, files: fileStamps(cfg)}
-	mount := map[string]http.Handler{"/metrics": s.metrics.Handler()}
+	// /metrics, and /_/resolve when enabled, are served on admin.listen when it is set (then not
+	// on the public listener), else on the public one.
+	mount := map[string]http.Handler{}
+	adminPaths := map[string]http.Handler{"/metrics": s.metrics.Handler()}
 	if cfg.Admin.Enabled {
+		adminPaths["/_/resolve"] = resolveHandler(parts, ups, s.log)
+	}
+	if cfg.Admin.Listen == "" {
+		maps.Copy(mount, adminPaths)
+	} else {
 		admin := http.NewServeMux()
-		admin.Handle("/_/resolve", resolveHandler(parts, ups, s.log))
-		if cfg.Admin.Listen == "" {
-			mount["/_/resolve"] = admin
-		} else {
-			g.admin = admin
+		for p, h := range adminPaths {
+			admin.Handle(p, h)
 		}
+		admin.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+		g.admin = admin
 	}
 	opts := redirector.Options{
 		Upstream:   ups,
 		ClientAddr: parts.ClientIP.FromRequest,
-		Ready:      parts.Ready,
+		Ready:      s.ready(parts),
 		Mount:      mount,
 		Observer:   s.metrics,
 		Logger:     s.log,
@@ -173,6 +187,27 @@ func (s *Service) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	http.NotFound(w, r)
 }
 
+// DefaultShutdownGrace is `serve --shutdown-grace`: a few seconds covers a load balancer's readiness
+// probe period, so that it stops sending requests before the listener closes.
+const DefaultShutdownGrace = 5 * time.Second
+
+// SetShutdownGrace sets how long Run goes on serving after its context ends, with /readyz
+// answering 503 from the first moment; 0 (the default) shuts down at once. Call before Run.
+func (s *Service) SetShutdownGrace(d time.Duration) { s.grace = d }
+
+// errDraining is /readyz's answer while the service shuts down.
+var errDraining = errors.New("shutting down")
+
+// ready backs /readyz: not ready once shutting down, else as the generation's parts say.
+func (s *Service) ready(parts *Parts) func() error {
+	return func() error {
+		if s.draining.Load() {
+			return errDraining
+		}
+		return parts.Ready()
+	}
+}
+
 // Close releases databases and clients.
 func (s *Service) Close() error { return s.cur.Load().parts.Close() }
 
@@ -233,7 +268,7 @@ func (s *Service) Run(ctx context.Context) error {
 		go s.watch(ctx)
 	}
 	s.log.Info("serving", "listen", ln.Addr().String(), "upstream", cfg.Upstream, "mirrors", len(cfg.Mirrors))
-	err = serve(ctx, s.log, srvs, lns)
+	err = s.serve(ctx, srvs, lns)
 	s.reloadMu.Lock()
 	if g := s.cur.Load(); g.stop != nil {
 		g.stop()
@@ -249,7 +284,8 @@ func (s *Service) start(ctx context.Context, g *generation) {
 	go g.parts.Selector.Run(gctx)
 }
 
-func serve(ctx context.Context, log *slog.Logger, srvs []*http.Server, lns []net.Listener) error {
+func (s *Service) serve(ctx context.Context, srvs []*http.Server, lns []net.Listener) error {
+	log := s.log
 	errc := make(chan error, len(srvs))
 	for i := range srvs {
 		go func() {
@@ -261,8 +297,18 @@ func serve(ctx context.Context, log *slog.Logger, srvs []*http.Server, lns []net
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
+		// Not ready at once, still serving for the grace: the load balancer takes the replica
+		// out of rotation on its next /readyz and the requests it sends meanwhile are answered.
+		s.draining.Store(true)
+		log.Info("shutting down", "grace", s.grace)
+		if s.grace > 0 {
+			select {
+			case <-time.After(s.grace):
+			case runErr = <-errc:
+			}
+		}
 	case runErr = <-errc:
+		s.draining.Store(true)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
