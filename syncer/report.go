@@ -24,6 +24,9 @@ type Report struct {
 	// Errors are what could not be read from the upstream (a tag list, a manifest): the blobs
 	// behind them were not checked anywhere.
 	Errors []Problem `json:"errors,omitempty"`
+	// NotStarted counts the blobs whose copy had not started when the run was told to stop
+	// (WithStop); the next run copies them.
+	NotStarted int `json:"not_started,omitempty"`
 }
 
 // TargetReport is one mirror's part of a run.
@@ -58,7 +61,8 @@ type Problem struct {
 // Failures counts the upstream errors and the blobs that failed on some target: zero means the
 // run did everything it was asked to.
 func (r Report) Failures() int {
-	n := len(r.Errors)
+	// A blob left for later by a stop is work not done: not a success.
+	n := len(r.Errors) + r.NotStarted
 	for _, t := range r.Targets {
 		n += len(t.Failed)
 	}
@@ -82,6 +86,9 @@ func (r Report) WriteText(w io.Writer) error {
 		mode, verb = "sync (dry run)", "to copy"
 	}
 	ew.printf("%s: %d manifests, %d blobs, %d failures in %.1fs\n", mode, r.Manifests, r.Blobs, r.Failures(), r.Seconds)
+	if r.NotStarted > 0 {
+		ew.printf("  stopped: %d blobs not started (the next run copies them)\n", r.NotStarted)
+	}
 	for _, t := range r.Targets {
 		if t.Skipped != "" {
 			ew.printf("  mirror %s: skipped: %s\n", t.Name, t.Skipped)

@@ -122,21 +122,52 @@ func (s *Syncer) finish(ctx context.Context, r *run) (Report, error) {
 
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(s.opts.Concurrency)
+	stop := stopOf(ctx)
 	for _, h := range r.order {
 		b := r.blobs[h]
 		g.Go(func() error {
+			select {
+			case <-stop:
+				r.notStarted()
+				return nil
+			default:
+			}
 			r.copyBlob(gctx, p, b)
 			return nil
 		})
 	}
 	_ = g.Wait()
 	rep := r.done()
+	if rep.NotStarted > 0 {
+		s.log.Info("sync: stopped", slog.Int("not_started", rep.NotStarted))
+	}
 	s.log.Info("sync: done", slog.Bool("dry_run", rep.DryRun), slog.Int("blobs", rep.Blobs),
 		slog.Int("copied", rep.copied()), slog.Int("failed", rep.Failures()), slog.Duration("took", time.Since(r.start)))
 	if err := ctx.Err(); err != nil {
 		return rep, fmt.Errorf("sync: %w", err)
 	}
 	return rep, nil
+}
+
+func (r *run) notStarted() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.report.NotStarted++
+}
+
+type stopKey struct{}
+
+// WithStop returns ctx carrying stop: once stop is closed, a run given the returned context
+// starts no new blob copy (they are counted in Report.NotStarted), while the copies under way
+// go on until they finish or ctx ends. That is how a stopping sync lets a large upload complete
+// instead of abandoning it.
+func WithStop(ctx context.Context, stop <-chan struct{}) context.Context {
+	return context.WithValue(ctx, stopKey{}, stop)
+}
+
+func stopOf(ctx context.Context) <-chan struct{} {
+	stop, _ := ctx.Value(stopKey{}).(<-chan struct{})
+	return stop // nil: never
 }
 
 func (r *run) done() Report {

@@ -534,3 +534,55 @@ func TestReportJSONAndText(t *testing.T) {
 		t.Errorf("text (-want +got):\n%s", diff)
 	}
 }
+
+// gatedWriter holds every Put until release is closed, telling started about each one.
+type gatedWriter struct {
+	*fakeStore
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedWriter) Put(ctx context.Context, key string, body io.Reader, size int64) error {
+	g.started <- struct{}{}
+	<-g.release
+	return g.fakeStore.Put(ctx, key, body, size)
+}
+
+// A stop starts no new copy and lets the one under way finish.
+func TestWithStop(t *testing.T) {
+	u := startUpstream(t)
+	img := testenv.OCIImage(t, 3, 512, "linux/amd64")
+	blobs := u.push(t, "app:1.0", img)
+	base, err := url.Parse(u.srv.URL + "/v2/acme/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := upstream.NewTable(base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedWriter{fakeStore: newFakeStore(), started: make(chan struct{}, 10), release: make(chan struct{})}
+	s := New(Plan{Repositories: []Repository{{Name: "app"}}}, ups, []Target{{Name: "a", Prefix: testPrefix, Writer: g}}, Options{Concurrency: 1})
+	stop := make(chan struct{})
+	type result struct {
+		rep Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := s.All(WithStop(context.Background(), stop))
+		done <- result{rep, err}
+	}()
+	<-g.started // the first copy is under way
+	close(stop)
+	close(g.release)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	copied := len(g.digests(t, testPrefix))
+	if copied != 1 || r.rep.NotStarted != len(blobs)-1 || r.rep.Failures() != len(blobs)-1 {
+		t.Errorf("after a stop mid-copy: %d copied, %d not started, %d failures; want 1, %d, %d",
+			copied, r.rep.NotStarted, r.rep.Failures(), len(blobs)-1, len(blobs)-1)
+	}
+}

@@ -108,9 +108,27 @@ func (s *Sync) show(rep syncer.Report) {
 }
 
 // Once copies every configured repository once and prints the report. The error says how many
-// copies failed, if any did.
+// copies failed, if any did. When ctx ends (SIGTERM), no new copy starts and the copies under way
+// finish, for up to StopTimeout.
 func (s *Sync) Once(ctx context.Context) error {
-	rep, err := s.syncer.All(ctx)
+	life := newLifecycle(ctx)
+	var (
+		rep syncer.Report
+		err error
+	)
+	finished := make(chan struct{})
+	life.Go(func(work context.Context) {
+		defer close(finished)
+		rep, err = s.syncer.All(syncer.WithStop(work, ctx.Done()))
+	})
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		s.log.Info("sync: stopping; waiting for copies in flight", slog.Duration("timeout", s.opts.StopTimeout))
+	}
+	if !life.Stop(s.opts.StopTimeout) {
+		s.log.Warn("sync: copies cut off after the stop timeout", slog.Duration("timeout", s.opts.StopTimeout))
+	}
 	s.show(rep)
 	if err != nil {
 		return err
@@ -155,7 +173,7 @@ func (s *Sync) Run(ctx context.Context, every time.Duration, listen string) erro
 // which outlives stopping so that a run under way finishes.
 func (s *Sync) schedule(stopping, work context.Context, every time.Duration) {
 	for {
-		rep, err := s.syncer.All(work)
+		rep, err := s.syncer.All(syncer.WithStop(work, stopping.Done()))
 		if work.Err() != nil {
 			return
 		}
@@ -193,7 +211,7 @@ func (s *Sync) startWebhooks(life *lifecycle, addr string) (*http.Server, error)
 	}
 	// A push's copy runs on the work context, which outlives the queue's: see lifecycle.
 	q := webhook.NewQueue(func(_ context.Context, p webhook.Push) {
-		rep, err := s.syncer.Ref(life.work, p.Repo, p.Ref)
+		rep, err := s.syncer.Ref(syncer.WithStop(life.work, life.stopping.Done()), p.Repo, p.Ref)
 		if err != nil {
 			s.log.Error("sync: push failed", slog.String("push", p.String()), slog.String("err", err.Error()))
 		}
