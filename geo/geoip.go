@@ -1,33 +1,49 @@
 package geo
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
-	"sync"
+	"os"
+	"sync/atomic"
 
 	"github.com/happy-turtle/oci-proxy/geo/codes"
 	"github.com/oschwald/geoip2-golang/v2"
 )
 
+// maxDatabaseSize bounds what OpenGeoIP reads into memory. GeoLite2 City is under 100 MB and the
+// commercial databases a few hundred; a larger file is a wrong path, not a database.
+const maxDatabaseSize = 1 << 30
+
 // GeoIP looks addresses up in MaxMind databases: a City or Country database for country,
 // continent and coordinates, and optionally an ASN database. It is safe for concurrent use.
 //
-// The databases are memory-mapped, so Close waits for lookups in flight instead of pulling the
-// mapping from under them; a lookup after Close finds nothing. That lets a reload swap in a new
-// GeoIP and close the old one while requests still hold it.
+// The databases are read into memory rather than memory-mapped: a mapped file rewritten in place
+// under a running server (`cp new.mmdb city.mmdb`, a download to the same path) changes beneath
+// the reader, and one truncated kills the process with SIGBUS on the next lookup. In memory, the
+// file can be rewritten at will; a reload reads it again and refuses it if it is broken. The cost
+// is the files' size in heap for each open GeoIP, so twice that while a reload retires the old one.
+//
+// Close forgets the databases: lookups in flight finish on the copy they hold, later ones find
+// nothing. That lets a reload swap in a new GeoIP and close the old one while requests still hold
+// it.
 type GeoIP struct {
-	mu     sync.RWMutex
-	city   *geoip2.Reader // City or Country; nil when not configured
-	asn    *geoip2.Reader // nil when not configured
-	closed bool
+	dbs atomic.Pointer[databases] // nil once closed
 }
 
-// OpenGeoIP opens the databases; either path may be "" to go without it. cityPath may name a City
+type databases struct {
+	city *geoip2.Reader // City or Country; nil when not configured
+	asn  *geoip2.Reader // nil when not configured
+}
+
+// OpenGeoIP reads the databases; either path may be "" to go without it. cityPath may name a City
 // or a Country database (a Country database gives no coordinates), or any other MaxMind type
-// carrying country data such as Enterprise; asnPath an ASN or ISP database.
+// carrying country data such as Enterprise; asnPath an ASN or ISP database. A file over 1 GiB is
+// refused.
 func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
-	g := &GeoIP{}
+	var d databases
 	if cityPath != "" {
 		r, err := openReader(cityPath, "City or Country", func(r *geoip2.Reader) error {
 			_, err := r.Country(netip.IPv6Unspecified())
@@ -36,7 +52,7 @@ func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
 		if err != nil {
 			return nil, err
 		}
-		g.city = r
+		d.city = r
 	}
 	if asnPath != "" {
 		r, err := openReader(asnPath, "ASN", func(r *geoip2.Reader) error {
@@ -44,27 +60,30 @@ func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
 			return err
 		})
 		if err != nil {
-			return nil, errors.Join(err, g.Close())
+			return nil, err
 		}
-		g.asn = r
+		d.asn = r
 	}
+	g := &GeoIP{}
+	g.dbs.Store(&d)
 	return g, nil
 }
 
-// openReader opens path and checks, with probe, that its database type supports the lookups we
+// openReader reads path and checks, with probe, that its database type supports the lookups we
 // will make, so that a City database given as the ASN one is refused at startup rather than
 // answering nothing for every request.
 func openReader(path, want string, probe func(*geoip2.Reader) error) (*geoip2.Reader, error) {
-	r, err := geoip2.Open(path)
+	data, err := readDatabase(path)
 	if err != nil {
-		if r != nil {
-			_ = r.Close() // already failing; the type error is the one worth reporting
-		}
+		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
+	}
+	// The reader keeps data and nothing else holds it, so nobody can change it under the reader.
+	r, err := geoip2.OpenBytes(data)
+	if err != nil {
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
 	if err := probe(r); err != nil {
 		if _, wrongType := errors.AsType[geoip2.InvalidMethodError](err); wrongType {
-			_ = r.Close()
 			return nil, fmt.Errorf("open GeoIP database %s: database type %q is not a %s database",
 				path, r.Metadata().DatabaseType, want)
 		}
@@ -73,21 +92,49 @@ func openReader(path, want string, probe func(*geoip2.Reader) error) (*geoip2.Re
 	return r, nil
 }
 
+// readDatabase reads the whole file at path, refusing one over maxDatabaseSize. The buffer is
+// sized from Stat so that a large database is read in one allocation, not grown by doubling; the
+// limit holds even if the file grows while it is read.
+func readDatabase(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // read-only: closing cannot lose anything
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	tooLarge := func(n int64) error {
+		return fmt.Errorf("%d bytes is more than the %d (1 GiB) a GeoIP database may have", n, maxDatabaseSize)
+	}
+	if fi.Size() > maxDatabaseSize {
+		return nil, tooLarge(fi.Size())
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxDatabaseSize+1)); err != nil {
+		return nil, err
+	}
+	if buf.Len() > maxDatabaseSize {
+		return nil, tooLarge(int64(buf.Len()))
+	}
+	return buf.Bytes(), nil
+}
+
 // DatabaseTypes reports the types of the open databases ("" for none), for logs and explanations.
 func (g *GeoIP) DatabaseTypes() (city, asn string) {
 	if g == nil {
 		return "", ""
 	}
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.closed {
+	d := g.dbs.Load()
+	if d == nil {
 		return "", ""
 	}
-	if g.city != nil {
-		city = g.city.Metadata().DatabaseType
+	if d.city != nil {
+		city = d.city.Metadata().DatabaseType
 	}
-	if g.asn != nil {
-		asn = g.asn.Metadata().DatabaseType
+	if d.asn != nil {
+		asn = d.asn.Metadata().DatabaseType
 	}
 	return city, asn
 }
@@ -101,13 +148,12 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 	if g == nil || !addr.IsValid() {
 		return loc
 	}
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.closed {
+	d := g.dbs.Load()
+	if d == nil {
 		return loc
 	}
-	if g.city != nil {
-		if c, err := g.city.City(addr); err == nil {
+	if d.city != nil {
+		if c, err := d.city.City(addr); err == nil {
 			loc.Country = c.Country.ISOCode
 			loc.Continent = c.Continent.Code
 			if loc.Continent == "" {
@@ -118,8 +164,8 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 			}
 		}
 	}
-	if g.asn != nil {
-		if a, err := g.asn.ASN(addr); err == nil {
+	if d.asn != nil {
+		if a, err := d.asn.ASN(addr); err == nil {
 			loc.ASN = uint32(a.AutonomousSystemNumber)
 		}
 	}
@@ -129,37 +175,19 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 // ErrClosed is Ready's answer once Close has been called.
 var ErrClosed = errors.New("GeoIP databases closed")
 
-// Ready reports whether lookups can find anything: nil while the databases are open.
+// Ready reports whether lookups can find anything: nil until Close.
 func (g *GeoIP) Ready() error {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.closed {
+	if g.dbs.Load() == nil {
 		return ErrClosed
 	}
 	return nil
 }
 
-// Close releases the databases once lookups in flight are done. It is safe to call more than once.
+// Close forgets the databases; their memory goes once the lookups in flight are done with it. It
+// is safe to call more than once, concurrently with lookups, and always returns nil.
 func (g *GeoIP) Close() error {
-	if g == nil {
-		return nil
+	if g != nil {
+		g.dbs.Store(nil)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return nil
-	}
-	g.closed = true
-	var errs []error
-	if g.city != nil {
-		if err := g.city.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close GeoIP database: %w", err))
-		}
-	}
-	if g.asn != nil {
-		if err := g.asn.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close ASN database: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }

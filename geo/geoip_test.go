@@ -279,3 +279,130 @@ func writeMMDB(t *testing.T, path, dbType, network string, rec mmdbtype.Map) {
 		t.Fatal(err)
 	}
 }
+
+// copyDatabases copies the test databases into a temporary directory, where a test may damage them.
+func copyDatabases(t *testing.T) (city, asn string) {
+	t.Helper()
+	dir := t.TempDir()
+	city, asn = filepath.Join(dir, "city.mmdb"), filepath.Join(dir, "asn.mmdb")
+	for src, dst := range map[string]string{cityDB: city, asnDB: asn} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return city, asn
+}
+
+// TestGeoIPFileRewrittenInPlace rewrites the files of open databases the way `: > city.mmdb`,
+// `cp new.mmdb city.mmdb` or a download in progress do: same inode, new contents. A memory-mapped
+// database would see the change, and a truncated mapping kills the process with SIGBUS on the next
+// lookup. The open databases must keep answering, and opening the damaged files must fail.
+func TestGeoIPFileRewrittenInPlace(t *testing.T) {
+	zero := func(t *testing.T, path string) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(make([]byte, fi.Size()), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	truncate := func(frac int64) func(*testing.T, string) {
+		return func(t *testing.T, path string) {
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, fi.Size()*frac/4); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	swap := func(t *testing.T, path string) {
+		other := cityDB
+		if filepath.Base(path) == "city.mmdb" {
+			other = asnDB
+		}
+		data, err := os.ReadFile(other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil { // O_TRUNC: same inode
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		rewrite func(*testing.T, string)
+	}{
+		{"zeroed", zero},
+		{"emptied", truncate(0)},
+		{"cut to a quarter", truncate(1)},
+		{"cut to three quarters", truncate(3)},
+		{"overwritten with the other database", swap},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			city, asn := copyDatabases(t)
+			g, err := geo.OpenGeoIP(city, asn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			tc.rewrite(t, city)
+			tc.rewrite(t, asn)
+			for _, lc := range geoipCases() {
+				if diff := cmp.Diff(lc.want, g.Lookup(addr(lc.ip)), addrs()); diff != "" {
+					t.Errorf("Lookup(%s) after the rewrite (-want +got):\n%s", lc.ip, diff)
+				}
+			}
+			if err := g.Ready(); err != nil {
+				t.Errorf("Ready after the rewrite: %v", err)
+			}
+			for _, paths := range [][2]string{{city, ""}, {"", asn}} {
+				g2, err := geo.OpenGeoIP(paths[0], paths[1])
+				if err == nil {
+					g2.Close()
+					t.Errorf("OpenGeoIP(%q, %q) of the rewritten file succeeded", paths[0], paths[1])
+				} else if p := paths[0] + paths[1]; !strings.Contains(err.Error(), p) {
+					t.Errorf("error %q does not name %s", err, p)
+				}
+			}
+		})
+	}
+}
+
+func TestOpenGeoIPTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.mmdb")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sparse: the size is refused before anything is read.
+	if err := f.Truncate(1<<30 + 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := geo.OpenGeoIP(path, "")
+	if err == nil {
+		g.Close()
+		t.Fatal("OpenGeoIP of a file over 1 GiB succeeded")
+	}
+	for _, s := range []string{path, "1073741825 bytes", "1 GiB"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not mention %q", err, s)
+		}
+	}
+}
