@@ -119,6 +119,9 @@ func (c *Resolver) isTrusted(a netip.Addr) bool {
 // obfuscated identifier, a Forwarded element without for=) ends the walk: the client is then the
 // last address seen right of it, or remote, because anything further left cannot be vouched for.
 // When every hop is trusted the leftmost one is the client.
+//
+// The headers are parsed from the right as well, element by element, so that what a client wrote
+// left of its proxies' elements, an unbalanced quote say, cannot change how those read.
 func (c *Resolver) Resolve(remote netip.Addr, xff, forwarded []string) netip.Addr {
 	remote = geo.NormalizeAddr(remote)
 	if !remote.IsValid() || !c.isTrusted(remote) {
@@ -146,66 +149,78 @@ func (c *Resolver) Resolve(remote netip.Addr, xff, forwarded []string) netip.Add
 	return last
 }
 
-// hops keeps the rightmost MaxHops hops seen, in a ring, so that arbitrarily long headers cost
-// no allocation. An invalid Addr marks a hop that is not an address.
+// hops keeps the rightmost MaxHops hops, pushed from the right, so that arbitrarily long headers
+// cost no allocation. An invalid Addr marks a hop that is not an address.
 type hops struct {
-	ring   [MaxHops]netip.Addr
-	n      int  // hops pushed, possibly more than MaxHops
+	kept   [MaxHops]netip.Addr
+	n      int  // hops kept
 	hasFor bool // a Forwarded element named a for= node
 }
 
 func (h *hops) push(a netip.Addr) {
-	h.ring[h.n%MaxHops] = a
-	h.n++
+	if h.n < MaxHops {
+		h.kept[h.n] = a
+		h.n++
+	}
 }
 
-func (h *hops) len() int { return min(h.n, MaxHops) }
+func (h *hops) full() bool { return h.n == MaxHops }
+
+func (h *hops) len() int { return h.n }
 
 // fromRight returns the i-th hop counting from the right, 0 being the rightmost.
-func (h *hops) fromRight(i int) netip.Addr { return h.ring[(h.n-1-i)%MaxHops] }
+func (h *hops) fromRight(i int) netip.Addr { return h.kept[i] }
 
-// tail returns the header lines to parse: the rightmost maxHeaderBytes of them. When a line has to
-// be cut, it is cut at an element boundary and a malformed hop stands for the part dropped, so the
-// walk stops there instead of treating the first kept element as the leftmost hop of the chain.
-func tail(lines []string) (first int, cut string, truncated bool) {
-	total := 0
-	for i := len(lines) - 1; i >= 0; i-- {
-		total += len(lines[i]) + 1
-		if total > maxHeaderBytes {
-			keep := lines[i][len(lines[i])-(maxHeaderBytes-(total-len(lines[i])-1)):]
-			if j := strings.IndexByte(keep, ','); j >= 0 {
-				return i, keep[j+1:], true
-			}
-			return i, "", true
-		}
-	}
-	return 0, "", false
+// window hands out header lines from the last, up to maxHeaderBytes of them counted from the
+// right.
+type window struct {
+	lines  []string
+	budget int
 }
 
-// parseXFF and parseForwarded repeat the same few lines on purpose: sharing them through a function
-// value would make the hop ring escape to the heap, one 1.8 KB allocation per request.
+// next returns the next line leftwards. cut says that only the right part of the line fits, or
+// none of it; its leftmost element is then incomplete, and stands for a malformed hop so that the
+// walk stops there instead of reading a fragment as an address. No line follows a cut one.
+func (w *window) next() (l string, cut, ok bool) {
+	if len(w.lines) == 0 {
+		return "", false, false
+	}
+	l = w.lines[len(w.lines)-1]
+	w.lines = w.lines[:len(w.lines)-1]
+	if keep := max(w.budget, 0); len(l) > keep {
+		w.lines = nil
+		return l[len(l)-keep:], true, true
+	}
+	w.budget -= len(l) + 1
+	return l, false, true
+}
+
+// parseXFF pushes one hop per X-Forwarded-For element, from the right. It and parseForwarded
+// repeat the same few lines on purpose: sharing them through a function value would make the hops
+// escape to the heap, one 1.8 KB allocation per request.
 func parseXFF(h *hops, lines []string) {
-	first, cut, truncated := tail(lines)
-	if truncated {
-		h.push(netip.Addr{})
-		parseXFFLine(h, cut)
-		first++
-	}
-	for _, l := range lines[first:] {
-		parseXFFLine(h, l)
+	w := window{lines: lines, budget: maxHeaderBytes}
+	for l, cut, ok := w.next(); ok && !h.full(); l, cut, ok = w.next() {
+		parseXFFLine(h, l, cut)
 	}
 }
 
-func parseXFFLine(h *hops, l string) {
-	for len(l) > 0 {
-		elem, rest, _ := strings.Cut(l, ",")
-		l = rest
-		elem = strings.TrimSpace(elem)
-		if elem == "" {
+func parseXFFLine(h *hops, l string, cut bool) {
+	for end := len(l); !h.full(); {
+		start := strings.LastIndexByte(l[:end], ',') + 1
+		elem := strings.TrimSpace(l[start:end])
+		switch {
+		case start == 0 && cut:
+			h.push(netip.Addr{})
+		case elem == "":
 			// "a,,b" or a trailing comma carries no hop; it is not garbage either.
-			continue
+		default:
+			h.push(parseNode(elem))
 		}
-		h.push(parseNode(elem))
+		if start == 0 {
+			return
+		}
+		end = start - 1
 	}
 }
 
@@ -286,37 +301,78 @@ func validPort(s string) bool {
 //	forwarded-pair = token "=" ( token / quoted-string )
 //
 // An element whose syntax is broken, or whose for= is missing, repeated or not an address, is a
-// malformed hop. The header is split by hand because a quoted-string may contain ',' and ';'.
+// malformed hop. Elements are delimited from the right (see elementStart), then each is parsed on
+// its own, so that a broken one cannot swallow its neighbours. Parsing goes on past MaxHops,
+// within the window, only to learn whether some element names for=.
 func parseForwarded(h *hops, lines []string) {
-	first, cut, truncated := tail(lines)
-	if truncated {
-		h.push(netip.Addr{})
-		parseForwardedLine(h, cut)
-		first++
-	}
-	for _, l := range lines[first:] {
-		parseForwardedLine(h, l)
+	w := window{lines: lines, budget: maxHeaderBytes}
+	for l, cut, ok := w.next(); ok && !(h.full() && h.hasFor); l, cut, ok = w.next() {
+		parseForwardedLine(h, l, cut)
 	}
 }
 
-func parseForwardedLine(h *hops, l string) {
-	p := fwdParser{s: l}
-	for !p.done() {
+func parseForwardedLine(h *hops, l string, cut bool) {
+	for end := len(l); !(h.full() && h.hasFor); {
+		start := elementStart(l, end)
+		p := fwdParser{s: l[start:end]}
 		e, ok := p.element()
 		if e.sawFor {
 			h.hasFor = true
 		}
 		switch {
-		case !ok:
+		case start == 0 && cut, !ok, !p.done():
 			h.push(netip.Addr{})
-			p.skipElement()
 		case e.empty:
 			// "a, ,b" or a trailing comma carries no hop; it is not garbage either.
 		default:
 			// Without for= the element still stands for a hop, one we know nothing about.
 			h.push(e.addr)
 		}
+		if start == 0 {
+			return
+		}
+		end = start - 1
 	}
+}
+
+// elementStart returns where the Forwarded element ending at l[end] begins: just after the
+// nearest ',' to its left outside a quoted-string, or 0. Read from the right, a '"' outside a
+// quoted-string closes one, which opens at the nearest unescaped '"' before it. That finds the
+// elements a proxy appended whatever precedes them; garbage further left splits somewhere, and
+// its pieces fail to parse. A quote that nothing opens leaves no boundary to trust: the rest of
+// the line is one element, which cannot parse either.
+func elementStart(l string, end int) int {
+	for i := end - 1; i >= 0; i-- {
+		switch l[i] {
+		case ',':
+			return i + 1
+		case '"':
+			if i = openingQuote(l, i); i < 0 {
+				return 0
+			}
+		}
+	}
+	return 0
+}
+
+// openingQuote returns the index of the '"' opening the quoted-string that l[closing] closes, or
+// -1. Inside a quoted-string every '\' starts a pair, so a '"' there is escaped exactly when an
+// odd number of backslashes precede it. (In a well-formed element the opening quote follows '='.)
+func openingQuote(l string, closing int) int {
+	for j := closing - 1; j >= 0; j-- {
+		if l[j] != '"' {
+			continue
+		}
+		k := j
+		for k > 0 && l[k-1] == '\\' {
+			k--
+		}
+		if (j-k)%2 == 0 {
+			return j
+		}
+		j = k // past the backslashes, none of which is a quote
+	}
+	return -1
 }
 
 type fwdParser struct {
@@ -342,24 +398,7 @@ func (p *fwdParser) skipSpace() {
 	}
 }
 
-// skipElement resynchronises after an error at the next ',' outside a quoted-string.
-func (p *fwdParser) skipElement() {
-	inQuote := false
-	for ; p.i < len(p.s); p.i++ {
-		switch c := p.s[p.i]; {
-		case inQuote && c == '\\':
-			p.i++
-		case c == '"':
-			inQuote = !inQuote
-		case !inQuote && c == ',':
-			p.i++
-			return
-		}
-	}
-}
-
-// element parses one element up to and including its ','. ok is false on a syntax error, with
-// the parser left inside the element.
+// element parses one element up to and including its ','. ok is false on a syntax error.
 func (p *fwdParser) element() (e fwdElement, ok bool) {
 	e.empty = true
 	for {
