@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -77,4 +78,88 @@ func (s secretFree) Put(ctx context.Context, key string, body io.Reader, size in
 		s.t.Errorf("Put %s: error contains the secret key: %v", key, err)
 	}
 	return err
+}
+
+// TestVersityGWPutCancelled stops a multipart Put partway, as a copy's deadline or a stopping
+// sync does: the upload must be aborted although the Put's context is dead, so that the bucket
+// keeps no parts (which S3 bills for) and no object.
+func TestVersityGWPutCancelled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts versitygw")
+	}
+	testenv.IsolateAWS(t)
+	srv := testenv.StartVersityGW(t, t.TempDir())
+	const bucket = "oci-proxy-cancel"
+	srv.CreateBucket(t, bucket)
+	b := newBackend(t, Config{
+		Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
+		CredentialsFile: srv.CredentialsFile(t, "default"),
+	}, Options{PartSize: 5 << 20})
+	uploads := func(t *testing.T) []string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := srv.Client().ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: new(bucket)})
+		if err != nil {
+			t.Fatalf("list multipart uploads: %v", err)
+		}
+		var ids []string
+		for _, u := range out.Uploads {
+			ids = append(ids, *u.Key+" "+*u.UploadId)
+		}
+		return ids
+	}
+
+	const size = 24 << 20
+	key := "blobs/sha256/" + strings.Repeat("c", 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Put(ctx, key, &slowReader{left: size, chunk: 256 << 10, every: 10 * time.Millisecond}, size)
+	}()
+
+	// Cancelled once S3 holds an upload with a part or more, while the rest of the body trickles.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(uploads(t)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no multipart upload started within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Put: %v, want an error wrapping context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Put did not return within 30s of its context ending")
+	}
+	if ids := uploads(t); len(ids) != 0 {
+		t.Errorf("multipart uploads left behind: %v", ids)
+	}
+	hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer hcancel()
+	if obj, err := b.Stat(hctx, key); err != nil || obj.Exists {
+		t.Errorf("Stat after the cancelled Put = %+v, %v; want absent", obj, err)
+	}
+}
+
+// slowReader yields left zero bytes, chunk bytes every interval, whatever its reader's context:
+// an upstream that is slow but healthy.
+type slowReader struct {
+	left, chunk int
+	every       time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.left == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.every)
+	n := min(len(p), s.chunk, s.left)
+	clear(p[:n])
+	s.left -= n
+	return n, nil
 }
