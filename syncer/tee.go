@@ -22,8 +22,9 @@ var errMismatch = errors.New("upstream sent content that does not match the dige
 // transfer downloads b once and streams it into the targets listed (indexes into r.s.targets)
 // at the same time, checking its size and digest as it goes. The slowest target paces the
 // download; a target that fails drops out without stopping the others. Only when the whole blob
-// has arrived and checks out do the targets' uploads see its end; otherwise they fail, and the
-// key is deleted in case a target stored something anyway. It returns one error per target.
+// has arrived and checks out do the targets' uploads see its end; otherwise (wrong bytes, a body
+// that ends early or fails, a deadline) they fail, and the key is deleted on every target in case
+// one stored something anyway. It returns one error per target.
 func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets []int) []error {
 	errs := make([]error, len(targets))
 	setAll := func(err error) {
@@ -137,17 +138,33 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 			errs[j] = fmt.Errorf("put: %w", perr)
 		}
 	}
-	if errors.Is(readErr, errMismatch) {
+	if readErr != nil {
+		// The targets' uploads read an error instead of the blob's end and should have stored
+		// nothing, but a backend that keeps what it read may have.
 		for j, i := range targets {
-			t := r.s.targets[i]
-			dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), r.s.opts.Timeout)
-			if err := t.Writer.Delete(dctx, ups[j].key); err != nil {
+			if err := r.discard(ctx, r.s.targets[i], ups[j].key, size, errors.Is(readErr, errMismatch)); err != nil {
 				errs[j] = fmt.Errorf("%w; and delete: %w", errs[j], err)
 			}
-			dcancel()
 		}
 	}
 	return errs
+}
+
+// discard deletes key from t after a transfer of a blob of size bytes failed on the upstream's
+// side, on a context of its own: a copy cut off by its deadline must still clean up. After wrong
+// bytes (mismatch) the key goes whatever it holds. After a body that ended early or failed, an
+// object of the blob's full size cannot have come from this transfer, which passed on fewer
+// bytes: another run copied the same blob meanwhile, and it stays.
+func (r *run) discard(ctx context.Context, t Target, key string, size int64, mismatch bool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.s.opts.Timeout)
+	defer cancel()
+	if !mismatch {
+		// A failed Stat deletes anyway: a partial object would be served as the blob.
+		if obj, err := t.Writer.Stat(ctx, key); err == nil && (!obj.Exists || obj.Size == size) {
+			return nil
+		}
+	}
+	return t.Writer.Delete(ctx, key)
 }
 
 func newHash(alg string) hash.Hash {
