@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultQueueLimit is how many pushes a Queue holds waiting when QueueLimit is not given. A
@@ -14,14 +15,15 @@ const DefaultQueueLimit = 1024
 // answer at once. A push already waiting is not queued twice; a push announced while the same
 // push runs is run once more afterwards (the run may have read the registry before the new
 // content was there), never twice at the same time. When Limit pushes are waiting, further ones
-// are dropped with a log line: the registry announces the next push again, and a scheduled sync
-// catches up with anything missed.
+// are refused: Add says so, the webhook answers 503 so that the sender retries the event later,
+// and Dropped counts them.
 type Queue struct {
 	run     func(context.Context, Push)
 	workers int
 	log     *slog.Logger
 
-	ch chan Push // waiting pushes; its capacity is the limit
+	ch      chan Push // waiting pushes; its capacity is the limit
+	dropped atomic.Uint64
 
 	mu    sync.Mutex
 	state map[Push]pushState
@@ -74,29 +76,37 @@ func NewQueue(run func(ctx context.Context, p Push), workers int, opts ...QueueO
 	return q
 }
 
-// Add queues p unless it is already waiting. It never blocks: when the queue is full, p is
-// dropped and logged. It matches Options.Trigger once wrapped:
-// func(_ context.Context, p Push) { q.Add(p) }.
-func (q *Queue) Add(p Push) {
+// Add queues p unless it is already waiting, and reports whether p will run: true when it was
+// queued, was waiting already, or runs now and is marked to run again. It never blocks: when the
+// queue is full, p is dropped, logged and counted (Dropped), and Add returns false.
+func (q *Queue) Add(p Push) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	switch q.state[p] {
 	case waiting, runningAgain:
-		return
+		return true
 	case running:
 		q.state[p] = runningAgain
-		return
+		return true
 	}
 	select {
 	case q.ch <- p:
 		q.state[p] = waiting
+		return true
 	default:
+		q.dropped.Add(1)
 		q.log.Warn("sync queue full: push dropped", "repository", p.Repo, "ref", p.Ref.String(), "reason", "queue full", "limit", cap(q.ch))
+		return false
 	}
 }
 
 // Trigger adds p to the queue; it has the signature of Options.Trigger.
-func (q *Queue) Trigger(_ context.Context, p Push) { q.Add(p) }
+func (q *Queue) Trigger(_ context.Context, p Push) bool { return q.Add(p) }
+
+// Dropped returns how many times Add has refused a push since the queue was made, for a counter
+// metric (oci_proxy_sync_pushes_dropped_total): a push refused on two attempts of the sender
+// and queued on the third counts twice.
+func (q *Queue) Dropped() uint64 { return q.dropped.Load() }
 
 // Pending returns how many pushes are waiting (not running).
 func (q *Queue) Pending() int { return len(q.ch) }

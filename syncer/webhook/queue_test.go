@@ -151,11 +151,19 @@ func TestQueueBoundDropsAndLogs(t *testing.T) {
 	var logs bytes.Buffer
 	g := newGate()
 	q := NewQueue(g.run, 1, QueueLimit(2), QueueLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	for _, tag := range []string{"1", "2", "3", "4"} {
-		q.Add(pushOf("app", tag))
+	var queued []bool
+	for _, tag := range []string{"1", "2", "3", "4", "1"} {
+		queued = append(queued, q.Add(pushOf("app", tag)))
+	}
+	// The last is app:1 again: waiting already, so it will run although the queue is full.
+	if want := []bool{true, true, false, false, true}; !slices.Equal(queued, want) {
+		t.Errorf("Add returned %v, want %v", queued, want)
 	}
 	if n := q.Pending(); n != 2 {
 		t.Fatalf("Pending() = %d, want 2", n)
+	}
+	if n := q.Dropped(); n != 2 {
+		t.Errorf("Dropped() = %d, want 2", n)
 	}
 	out := logs.String()
 	for _, want := range []string{"repository=app ref=3", "repository=app ref=4", "reason=\"queue full\""} {

@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/brief"
 	"github.com/happy-turtle/oci-proxy/oci"
@@ -241,6 +242,11 @@ func (s *pushSet) add(p Push) {
 	s.list = append(s.list, p)
 }
 
+// RetryAfter is the Retry-After of a 503 for an event whose pushes could not all be queued: a
+// few blob copies' time for the workers to make room. distribution's notification endpoints
+// retry on their own backoff and Pub/Sub on its subscription's retry policy; both retry a 5xx.
+const RetryAfter = 10 * time.Second
+
 // DefaultMaxBody bounds a webhook request body when Options.MaxBody is zero. A
 // distribution envelope holds at most a few dozen events of a few hundred bytes each.
 const DefaultMaxBody = 1 << 20
@@ -259,11 +265,11 @@ type Options struct {
 	Token string
 	// Upstream maps the repositories named in events back to client names. Required.
 	Upstream *upstream.Table
-	// Trigger receives each push of an accepted request before the response is written, with the
-	// request's context, which ends with the request. It must not block or run the sync itself:
-	// a slow answer makes the registry retry and holds its queue of events. Hand the push to a
-	// Queue (Queue.Add) instead. Required.
-	Trigger func(ctx context.Context, p Push)
+	// Trigger receives each push of a well-formed request before the response is written, with
+	// the request's context, which ends with the request, and reports whether the push will run.
+	// It must not block or run the sync itself: a slow answer makes the registry retry and holds
+	// its queue of events. Hand the push to a Queue (Queue.Trigger) instead. Required.
+	Trigger func(ctx context.Context, p Push) bool
 	// Logger receives a line per rejected or accepted request (never the token); nil discards.
 	Logger *slog.Logger
 	// MaxBody bounds the request body in bytes; larger bodies get 413. Zero means DefaultMaxBody.
@@ -275,7 +281,9 @@ type Options struct {
 // ParsePubSub). Requests are checked in this order: an unknown path is 404, a method other than
 // POST 405, a missing or wrong token 401 (the body is not read), a body over MaxBody 413, a
 // content type that is not JSON 415, an unparsable body 400; otherwise every push is handed to
-// Trigger and the answer is 202 Accepted.
+// Trigger, and the answer is 202 Accepted when Trigger took them all, else 503 Service
+// Unavailable with Retry-After (RetryAfter): the sender keeps the event and sends it again, and
+// a Queue merges the pushes it took the first time, if still waiting, with those of the retry.
 func NewHandler(opts Options) (http.Handler, error) {
 	switch {
 	case opts.Token == "":
@@ -309,7 +317,7 @@ type webhookHandler struct {
 	// comparison's time independent of the token's length as well as its content.
 	token   [sha256.Size]byte
 	ups     *upstream.Table
-	trigger func(context.Context, Push)
+	trigger func(context.Context, Push) bool
 	log     *slog.Logger
 	maxBody int64
 	// compare is subtle.ConstantTimeCompare; a field so that a test can see that it is used.
@@ -364,9 +372,20 @@ func (h *webhookHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, route, http.StatusBadRequest, "malformed event: "+shortError(err), "parse")
 		return
 	}
+	refused := 0
 	for _, p := range pushes {
 		h.log.Info("webhook: push", "route", route, "repository", p.Repo, "ref", p.Ref.String())
-		h.trigger(r.Context(), p)
+		// Every push is offered, even after one is refused: those taken now merge with the same
+		// pushes of the retry.
+		if !h.trigger(r.Context(), p) {
+			refused++
+		}
+	}
+	if refused > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(RetryAfter/time.Second)))
+		h.reject(w, route, http.StatusServiceUnavailable,
+			fmt.Sprintf("sync queue full: %d of %d pushes not queued; retry later", refused, len(pushes)), "queue full")
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)

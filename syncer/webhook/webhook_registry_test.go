@@ -141,3 +141,81 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// A real distribution registry keeps an event the webhook refused with 503 (the queue was full)
+// and sends it again on its own backoff; once a worker has made room, the retry is accepted and
+// the push that was refused runs.
+func TestWebhookRegistryRetriesWhenQueueFull(t *testing.T) {
+	const token = "registry-notify-token"
+	var (
+		mu       sync.Mutex
+		statuses []int
+		runs     = make(chan Push, 100)
+	)
+	// One push fits; the workers start only once the registry has been refused.
+	q := NewQueue(func(_ context.Context, p Push) { runs <- p }, 1, QueueLimit(1))
+	var h http.Handler
+	var hmu sync.RWMutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hmu.RLock()
+		handler := h
+		hmu.RUnlock()
+		if handler == nil {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		handler.ServeHTTP(sw, r)
+		mu.Lock()
+		statuses = append(statuses, sw.status)
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{
+		Notify: []testenv.NotifyEndpoint{{
+			URL:     srv.URL + RegistryPath,
+			Headers: map[string][]string{"Authorization": {"Bearer " + token}},
+			// Pulls would be refused too while the queue is full, and delay the push events
+			// queued behind them in the registry.
+			IgnoreActions: []string{"pull"},
+		}},
+	})
+	def, err := url.Parse(reg.URL + "/v2/acme/images/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := upstream.NewTable(def, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handler, err := NewHandler(Options{Token: token, Upstream: ups, Trigger: q.Trigger,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmu.Lock()
+	h = handler
+	hmu.Unlock()
+
+	reg.PushOCIImage(t, "acme/images/app:1.0") // queued: the queue is now full
+	reg.Tag(t, "acme/images/app:1.0", "1.1")   // refused
+	deadline := time.Now().Add(eventWait)
+	for q.Dropped() < 2 { // refused, and refused again on the registry's first retry
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v, %d pushes dropped; want the registry to retry a refused event", eventWait, q.Dropped())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	queueDone := make(chan struct{})
+	go func() { q.Run(ctx); close(queueDone) }()
+	t.Cleanup(func() { cancel(); <-queueDone })
+	expect(t, runs, []Push{pushOf("app", "1.0"), pushOf("app", "1.1")})
+
+	mu.Lock()
+	defer mu.Unlock()
+	first503 := slices.Index(statuses, http.StatusServiceUnavailable)
+	if first503 < 0 || !slices.Contains(statuses[first503:], http.StatusAccepted) {
+		t.Errorf("statuses %v, want a 503 and then 202 for the retry", statuses)
+	}
+}

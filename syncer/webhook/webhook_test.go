@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -342,10 +343,11 @@ type recorder struct {
 	pushes []Push
 }
 
-func (r *recorder) trigger(_ context.Context, p Push) {
+func (r *recorder) trigger(_ context.Context, p Push) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pushes = append(r.pushes, p)
+	return true
 }
 
 func (r *recorder) got() []Push {
@@ -375,7 +377,7 @@ func newTestHandler(t testing.TB, opts Options) (*webhookHandler, *recorder, *by
 
 func TestNewHandlerRefuses(t *testing.T) {
 	ups := testTable(t)
-	trig := func(context.Context, Push) {}
+	trig := func(context.Context, Push) bool { return true }
 	for _, tc := range []struct {
 		name string
 		opts Options
@@ -574,11 +576,12 @@ func TestWebhookTriggerBeforeAnswer(t *testing.T) {
 	h, err := NewHandler(Options{
 		Token:    testToken,
 		Upstream: testTable(t),
-		Trigger: func(ctx context.Context, p Push) {
+		Trigger: func(ctx context.Context, p Push) bool {
 			if ctx.Err() != nil {
 				t.Errorf("Trigger got a finished context: %v", ctx.Err())
 			}
 			got = append(got, p.String())
+			return true
 		},
 	})
 	if err != nil {
@@ -660,4 +663,73 @@ func ExampleNewHandler() {
 	}
 	_ = h // serve it; run q.Run(ctx) alongside
 	// Output:
+}
+
+// A queue too full to take every push of an event answers 503 with Retry-After, so that the
+// registry keeps the event and sends it again; once the workers have made room, the same event
+// is accepted, and every push runs once.
+func TestWebhookQueueFull(t *testing.T) {
+	g := newGate()
+	q := NewQueue(g.run, 1, QueueLimit(1))
+	var logs bytes.Buffer
+	h, err := NewHandler(Options{Token: testToken, Upstream: testTable(t), Trigger: q.Trigger,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := envelope(t,
+		event{"push", ociManifest, digestA, "acme/images/app", "", "1.0"},
+		event{"push", ociManifest, digestB, "acme/images/app", "", "2.0"},
+	)
+	post := func(t *testing.T) *httptest.ResponseRecorder {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, RegistryPath, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set("Content-Type", EventsMediaType)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+
+	// The workers have not started: app:1.0 fills the queue, app:2.0 is refused.
+	for attempt := range 2 {
+		rec := post(t)
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("attempt %d: status %d, want 503\n%s", attempt, rec.Code, rec.Body)
+		}
+		if got := rec.Header().Get("Retry-After"); got != "10" {
+			t.Errorf("attempt %d: Retry-After %q, want 10", attempt, got)
+		}
+		if got := rec.Body.String(); !strings.Contains(got, "1 of 2 pushes not queued") {
+			t.Errorf("attempt %d: body %q", attempt, got)
+		}
+	}
+	if n := q.Dropped(); n != 2 {
+		t.Errorf("Dropped() = %d, want 2 (once per refused attempt)", n)
+	}
+	if !strings.Contains(logs.String(), "status=503") || !strings.Contains(logs.String(), `reason="queue full"`) {
+		t.Errorf("the refusal is not logged:\n%s", logs.String())
+	}
+
+	// A worker takes app:1.0, which makes room: the retry is accepted.
+	startQueue(t, q)
+	if p := g.wait(t); p != pushOf("app", "1.0") {
+		t.Fatalf("first run %v, want app:1.0", p)
+	}
+	if rec := post(t); rec.Code != http.StatusAccepted {
+		t.Fatalf("retry with room: status %d, want 202\n%s", rec.Code, rec.Body)
+	}
+	// app:1.0 was announced again while it ran, so it runs once more (the queue cannot tell a
+	// retried event from a new push); then app:2.0, refused at first, runs.
+	g.release <- struct{}{}
+	for _, want := range []Push{pushOf("app", "1.0"), pushOf("app", "2.0")} {
+		if p := g.wait(t); p != want {
+			t.Fatalf("run of %v, want %v", p, want)
+		}
+		g.release <- struct{}{}
+	}
+	g.none(t, 100*time.Millisecond)
+	if n := q.Dropped(); n != 2 {
+		t.Errorf("Dropped() = %d after the accepted retry, want still 2", n)
+	}
 }
