@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -100,5 +101,89 @@ func TestFakeGCS(t *testing.T) {
 				t.Errorf("Content-Length %q, want %d", got, len(blob))
 			}
 		})
+	}
+}
+
+// TestFakeGCSWithADC runs a mirror with no credentials_file against the emulator while
+// GOOGLE_APPLICATION_CREDENTIALS names a service-account key: URLs are signed with that key and
+// point at the emulator, and blobs are written and read back through them.
+func TestFakeGCSWithADC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts fake-gcs-server")
+	}
+	testenv.IsolateGCS(t)
+	srv := testenv.StartFakeGCS(t)
+	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
+	const bucket = "oci-proxy-adc"
+	srv.CreateBucket(t, bucket)
+	keyFile, key := testenv.ServiceAccountKey(t)
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
+	b := newBackend(t, Config{Name: "adc", Bucket: bucket}, Options{})
+	anon := testenv.NoRedirectClient(t, "")
+
+	blob := bytes.Repeat([]byte("adc layer "), 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := b.Put(ctx, testKey, bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		u, _ := sign(t, b, method, testKey, time.Minute)
+		if u.Host != srv.Host {
+			t.Errorf("%s: URL host %s, want the emulator %s", method, u.Host, srv.Host)
+		}
+		if err := testenv.VerifyGCSV4(u, method, &key.PublicKey); err != nil {
+			t.Errorf("%s: signature does not verify with the ADC key: %v", method, err)
+		}
+		if got := u.Query().Get("X-Goog-Credential"); !strings.HasPrefix(got, testEmail+"/") {
+			t.Errorf("%s: X-Goog-Credential = %s", method, got)
+		}
+		a := testenv.Send(t, anon, testenv.NewRequest(t, method, u.String(), nil))
+		if a.Status != http.StatusOK {
+			t.Fatalf("%s %s: status %d\n%s", method, u.Redacted(), a.Status, a.Body)
+		}
+		if method == http.MethodGet && !bytes.Equal(a.Body, blob) {
+			t.Errorf("GET: %d bytes, want the %d-byte object", len(a.Body), len(blob))
+		}
+	}
+}
+
+// TestFakeGCSCloseReleasesConnections opens backends as configuration reloads do, uses each, and
+// closes it: the connections each one opened must be gone at once, not when they time out.
+func TestFakeGCSCloseReleasesConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts fake-gcs-server")
+	}
+	testenv.IsolateGCS(t)
+	srv := testenv.StartFakeGCS(t)
+	t.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
+	const bucket = "oci-proxy-close"
+	srv.CreateBucket(t, bucket)
+	keyFile, _ := testenv.ServiceAccountKey(t)
+	use := func() {
+		b := newBackend(t, Config{Name: "fake", Bucket: bucket, CredentialsFile: keyFile}, Options{})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := b.Stat(ctx, testKey); err != nil {
+			t.Fatalf("Stat: %v", err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+	use() // whatever the first client sets up once per process
+	before := runtime.NumGoroutine()
+	const n = 30
+	for range n {
+		use()
+	}
+	// An idle connection held open costs two goroutines (its read and write loops): n backends
+	// that kept theirs would add 2n.
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before+n/2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after %d backends were closed, %d before: their connections stay open", runtime.NumGoroutine(), n, before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

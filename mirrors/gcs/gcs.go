@@ -27,6 +27,7 @@ import (
 	"cloud.google.com/go/storage"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/option"
+	htransport "google.golang.org/api/transport/http"
 
 	"github.com/happy-turtle/oci-proxy/mirrors"
 )
@@ -63,9 +64,14 @@ type Backend struct {
 	public  bool
 	base    url.URL // scheme and host of public and signed URLs
 	timeout time.Duration
-	// signer is set when the mirror names a key file; without one the client signs with what
-	// Application Default Credentials offer: a key file's key, or the IAM credentials API.
-	signer *keySigner
+	// signer is the service-account key of credentials_file or of Application Default
+	// Credentials; without one the client signs through the IAM credentials API, which an
+	// emulator lacks (emulated).
+	signer   *keySigner
+	emulated bool
+	// conns is the connection pool under the client's auth layers, which do not pass
+	// CloseIdleConnections on: Close empties it itself.
+	conns *http.Transport
 }
 
 var _ mirrors.Backend = (*Backend)(nil)
@@ -73,8 +79,12 @@ var _ mirrors.Backend = (*Backend)(nil)
 // New builds the backend for mirror c (provider gcs). With c.CredentialsFile, that service-account
 // JSON key authenticates the client and signs URLs; without it, Application Default Credentials
 // do (GOOGLE_APPLICATION_CREDENTIALS, gcloud's credentials, or the metadata server, which signs
-// through the IAM credentials API). With c.Public, URLs are plain and unsigned, and without a key
-// file the client reads anonymously.
+// through the IAM credentials API). When GOOGLE_APPLICATION_CREDENTIALS names a service-account
+// key, URLs are signed with that key as with c.CredentialsFile, the emulator's included. With
+// c.Public, URLs are plain and unsigned, and without a key file the client reads anonymously.
+//
+// The client's connections are its own, so that Close can release them; they do not present
+// a client certificate (GOOGLE_API_USE_CLIENT_CERTIFICATE).
 //
 // New reads local files only; tokens are fetched lazily, on the first call that needs them.
 // Close releases the client.
@@ -92,14 +102,21 @@ func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 	emulator := os.Getenv("STORAGE_EMULATOR_HOST")
 
 	var signer *keySigner
-	if c.CredentialsFile != "" {
+	switch {
+	case c.CredentialsFile != "":
 		s, err := readKeyFile(c.CredentialsFile)
 		if err != nil {
 			return nil, fmt.Errorf("mirror %q: gcs: %w", c.Name, err)
 		}
 		signer = s
+	case !c.Public:
+		s, err := adcKey()
+		if err != nil {
+			return nil, fmt.Errorf("mirror %q: gcs: GOOGLE_APPLICATION_CREDENTIALS: %w", c.Name, err)
+		}
+		signer = s
 	}
-	var copts []option.ClientOption
+	var auth []option.ClientOption
 	base := url.URL{Scheme: "https", Host: PublicHost}
 	if emulator != "" {
 		u, err := emulatorURL(emulator)
@@ -107,32 +124,62 @@ func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 			return nil, fmt.Errorf("mirror %q: gcs: %w", c.Name, err)
 		}
 		base = url.URL{Scheme: u.Scheme, Host: u.Host}
-		// The client talks to the emulator without credentials; the key file only signs.
+		// The client talks to the emulator without credentials; a key only signs.
+		auth = append(auth, option.WithoutAuthentication())
 	} else if c.CredentialsFile != "" {
-		copts = append(copts, option.WithAuthCredentialsFile(option.ServiceAccount, c.CredentialsFile))
+		auth = append(auth, option.WithAuthCredentialsFile(option.ServiceAccount, c.CredentialsFile))
 	} else if c.Public {
 		// Anyone may read a public bucket's objects, so presence checks need no identity, and a
 		// public mirror works on a machine without Google credentials.
-		copts = append(copts, option.WithoutAuthentication())
+		auth = append(auth, option.WithoutAuthentication())
 	}
-	client, err := storage.NewClient(ctx, copts...)
+	conns := newTransport()
+	// The scopes the client asks for by default; the IAM credentials API, which signs without a
+	// key, needs cloud-platform.
+	rt, err := htransport.NewTransport(ctx, conns, append(auth, option.WithScopes(storage.ScopeFullControl, cloudPlatformScope))...)
 	if err != nil {
+		return nil, fmt.Errorf("mirror %q: gcs: %w", c.Name, err)
+	}
+	// The client is given the same credentials options, from which it learns whom to sign as
+	// through the IAM credentials API.
+	client, err := storage.NewClient(ctx, append(auth, option.WithHTTPClient(&http.Client{Transport: rt}))...)
+	if err != nil {
+		conns.CloseIdleConnections()
 		return nil, fmt.Errorf("mirror %q: gcs: %w", c.Name, err)
 	}
 	client.SetRetry(storage.WithMaxAttempts(attempts))
 	return &Backend{
-		name:    c.Name,
-		bucket:  client.Bucket(c.Bucket),
-		client:  client,
-		public:  c.Public,
-		base:    base,
-		timeout: timeout,
-		signer:  signer,
+		name:     c.Name,
+		bucket:   client.Bucket(c.Bucket),
+		client:   client,
+		public:   c.Public,
+		base:     base,
+		timeout:  timeout,
+		signer:   signer,
+		emulated: emulator != "",
+		conns:    conns,
 	}, nil
 }
 
-// Close releases the client's connections.
-func (b *Backend) Close() error { return b.client.Close() }
+const cloudPlatformScope = "https://www.googleapis.com/auth/cloud-platform"
+
+// newTransport is the connection pool of one Backend: Go's default transport (proxy from the
+// environment, dial and TLS timeouts, HTTP/2), with as many idle connections per host as the
+// Cloud Storage client keeps by default, since every call goes to the one host.
+func newTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 100
+	return t
+}
+
+// Close releases the client and closes its idle connections at once, rather than when they time
+// out: a replaced configuration's backend is closed while the new one already has its own.
+// Calls still in flight finish.
+func (b *Backend) Close() error {
+	err := b.client.Close()
+	b.conns.CloseIdleConnections()
+	return err
+}
 
 func emulatorURL(host string) (*url.URL, error) {
 	if !strings.Contains(host, "://") {
@@ -191,9 +238,13 @@ func (b *Backend) URL(ctx context.Context, method, key string, ttl time.Duration
 		Expires:  time.Now().Add(ttl),
 		Insecure: b.base.Scheme == "http",
 	}
-	if b.signer != nil {
+	switch {
+	case b.signer != nil:
 		o.GoogleAccessID = b.signer.email
 		o.SignBytes = b.signer.sign
+	case b.emulated:
+		// The client has no credentials to sign with there, and an emulator has no IAM API.
+		return nil, time.Time{}, fmt.Errorf("sign %s %s on mirror %q: no service-account key to sign with: set credentials_file, or GOOGLE_APPLICATION_CREDENTIALS to a key file", method, key, b.name)
 	}
 	s, err := b.bucket.SignedURL(key, o)
 	if err != nil {
@@ -244,6 +295,35 @@ func readKeyFile(path string) (*keySigner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("credentials file: %w", err)
 	}
+	return parseKeyFile(path, data)
+}
+
+// adcKey returns the service-account key that GOOGLE_APPLICATION_CREDENTIALS names, or nil when
+// it names none: unset, unreadable, or credentials of another type (an authorized user, an
+// external account), which the client itself uses or rejects when it needs an identity. A
+// service-account file whose key cannot sign is an error.
+func adcKey() (*keySigner, error) {
+	path := os.Getenv("GOOGLE_APPLICATION_CREDENTIALS")
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		// The client reads the same file for its identity and reports this itself; an
+		// emulator needs no identity, and URL says what is missing when asked to sign.
+		return nil, nil
+	}
+	var kind struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(data, &kind) != nil || kind.Type != "service_account" {
+		return nil, nil
+	}
+	return parseKeyFile(path, data)
+}
+
+// parseKeyFile reads the service-account JSON key data, read from path.
+func parseKeyFile(path string, data []byte) (*keySigner, error) {
 	var sa struct {
 		Type        string `json:"type"`
 		ClientEmail string `json:"client_email"`
@@ -263,8 +343,7 @@ func readKeyFile(path string) (*keySigner, error) {
 	if block == nil {
 		return nil, fmt.Errorf("credentials file %s: private_key is not PEM", path)
 	}
-	var key any
-	key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
 		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	}

@@ -347,19 +347,90 @@ func BenchmarkSignV4(b *testing.B) {
 }
 
 // TestSignedURLWithADC signs with a service-account key found through Application Default
-// Credentials rather than the mirror's credentials_file: the client reads the key itself.
+// Credentials rather than the mirror's credentials_file, for Cloud Storage and for an emulator,
+// whose client has no credentials of its own to sign with.
 func TestSignedURLWithADC(t *testing.T) {
-	testenv.IsolateGCS(t)
-	keyFile, key := testenv.ServiceAccountKey(t)
-	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
-	b := newBackend(t, Config{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
-	for _, method := range []string{http.MethodGet, http.MethodHead} {
-		u, _ := sign(t, b, method, testKey, time.Minute)
-		if err := testenv.VerifyGCSV4(u, method, &key.PublicKey); err != nil {
-			t.Errorf("%s: signature does not verify: %v", method, err)
+	for _, tt := range []struct {
+		name, emulator, wantHost string
+	}{
+		{name: "cloud", wantHost: PublicHost},
+		{name: "emulator", emulator: "127.0.0.4:4443", wantHost: "127.0.0.4:4443"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			testenv.IsolateGCS(t)
+			t.Setenv("STORAGE_EMULATOR_HOST", tt.emulator)
+			keyFile, key := testenv.ServiceAccountKey(t)
+			t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", keyFile)
+			b := newBackend(t, Config{Name: "adc", Bucket: "oci-proxy-eu-west"}, Options{})
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				u, _ := sign(t, b, method, testKey, time.Minute)
+				if u.Host != tt.wantHost {
+					t.Errorf("%s: host %s, want %s", method, u.Host, tt.wantHost)
+				}
+				if err := testenv.VerifyGCSV4(u, method, &key.PublicKey); err != nil {
+					t.Errorf("%s: signature does not verify: %v", method, err)
+				}
+				if !strings.HasPrefix(u.Query().Get("X-Goog-Credential"), testEmail+"/") {
+					t.Errorf("%s: X-Goog-Credential = %s", method, u.Query().Get("X-Goog-Credential"))
+				}
+			}
+		})
+	}
+}
+
+// Against an emulator, Application Default Credentials that hold no service-account key leave
+// nothing to sign with: URL says so rather than what the client's search for an identity found.
+// A service-account file whose key is broken fails New.
+func TestADCWithoutKey(t *testing.T) {
+	write := func(t *testing.T, body string) string {
+		p := filepath.Join(t.TempDir(), "adc.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
 		}
-		if !strings.HasPrefix(u.Query().Get("X-Goog-Credential"), testEmail+"/") {
-			t.Errorf("%s: X-Goog-Credential = %s", method, u.Query().Get("X-Goog-Credential"))
-		}
+		return p
+	}
+	js := func(m map[string]string) string { b, _ := json.Marshal(m); return string(b) }
+	for _, tt := range []struct {
+		name    string
+		adc     func(t *testing.T) string
+		wantNew string // New's error; "" when New succeeds and URL fails
+	}{
+		{name: "missing file", adc: func(t *testing.T) string { return filepath.Join(t.TempDir(), "none.json") }},
+		{name: "authorized user", adc: func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "authorized_user", "client_id": "x", "client_secret": "y", "refresh_token": "z"}))
+		}},
+		{name: "not JSON", adc: func(t *testing.T) string { return write(t, "{") }},
+		{name: "service account with a broken key", wantNew: "GOOGLE_APPLICATION_CREDENTIALS", adc: func(t *testing.T) string {
+			return write(t, js(map[string]string{"type": "service_account", "client_email": testEmail, "private_key": "MIIE..."}))
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			testenv.IsolateGCS(t)
+			t.Setenv("STORAGE_EMULATOR_HOST", "127.0.0.4:4443")
+			t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", tt.adc(t))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			b, err := New(ctx, Config{Name: "m", Bucket: "b"}, Options{})
+			if tt.wantNew != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantNew) || !strings.Contains(err.Error(), `mirror "m"`) {
+					t.Fatalf("New: %v, want an error naming the mirror and %s", err, tt.wantNew)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			defer b.Close()
+			if u, _, err := b.URL(ctx, http.MethodGet, testKey, time.Minute); err == nil {
+				t.Fatalf("URL = %s, want an error", u.Redacted())
+			} else if !strings.Contains(err.Error(), "no service-account key") || !strings.Contains(err.Error(), `mirror "m"`) {
+				t.Errorf("URL: %v, want one saying there is no key to sign with", err)
+			}
+			// A public mirror signs nothing and needs no key.
+			pub := newBackend(t, Config{Name: "pub", Bucket: "b", Public: true}, Options{})
+			if _, _, err := pub.URL(ctx, http.MethodGet, testKey, time.Minute); err != nil {
+				t.Errorf("public URL: %v", err)
+			}
+		})
 	}
 }
