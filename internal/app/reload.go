@@ -13,8 +13,10 @@ import (
 // DefaultReloadInterval is how often the configuration's files are checked for changes.
 const DefaultReloadInterval = 5 * time.Second
 
-// retireAfter is how long a replaced generation's databases stay open: requests that began on it
-// finish in microseconds, but a slow presence check may hold it for its timeout.
+// retireAfter is how long a replaced generation's databases and mirror clients stay open:
+// requests that began on it finish in microseconds, but a slow presence check may hold it for its
+// timeout. Closing it then also closes its clients' idle connections, which would otherwise stay
+// open (each holding goroutines) until they time out, for every reload.
 const retireAfter = 30 * time.Second
 
 // Watch makes the service reloadable from path (with the overrides of the environment and of
@@ -51,7 +53,10 @@ func (s *Service) watch(ctx context.Context) {
 // Reload reads the configuration file again and, if it and everything it names are valid,
 // replaces the running generation. A bad file is refused with every problem logged, and the
 // running configuration stays. Listen addresses are bound once: changing them needs a restart.
-func (s *Service) Reload(ctx context.Context) error {
+func (s *Service) Reload(ctx context.Context) error { return s.reload(ctx, retireAfter) }
+
+// reload is Reload, closing the replaced generation after retire.
+func (s *Service) reload(ctx context.Context, retire time.Duration) error {
 	if s.path == "" {
 		return fmt.Errorf("reload: the configuration did not come from a file")
 	}
@@ -63,7 +68,7 @@ func (s *Service) Reload(ctx context.Context) error {
 		keepListeners(s, old.cfg, cfg)
 		var g *generation
 		if g, err = s.build(ctx, cfg); err == nil {
-			s.swap(old, g)
+			s.swap(old, g, retire)
 			s.failed = nil
 			s.metrics.reloaded(true)
 			s.log.Info("configuration reloaded", "file", s.path, "mirrors", len(cfg.Mirrors))
@@ -89,15 +94,16 @@ func keepListeners(s *Service, old, cfg *config.Config) {
 	}
 }
 
-// swap makes g current, starts its background work if the service runs, and retires old.
-func (s *Service) swap(old, g *generation) {
+// swap makes g current, starts its background work if the service runs, and closes old after
+// retire.
+func (s *Service) swap(old, g *generation, retire time.Duration) {
 	s.metrics.SetSelector(g.parts.Selector)
 	s.cur.Store(g)
 	if old.stop != nil {
 		s.start(s.runCtx, g)
 		old.stop()
 	}
-	time.AfterFunc(retireAfter, func() {
+	time.AfterFunc(retire, func() {
 		if err := old.parts.Close(); err != nil {
 			s.log.Warn("close replaced configuration", "err", err.Error())
 		}

@@ -5,15 +5,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/oci"
 )
 
 // reloadFixture is a config file in a temp dir with its own copy of the GeoIP database.
@@ -217,4 +222,103 @@ func (s *syncBuilder) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// objectStoreFake answers what the S3 and GCS clients ask in a presence check: a HEAD of the S3
+// object, and the GCS JSON API's object metadata.
+func objectStoreFake(t *testing.T) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/storage/v1/b/") {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"kind":"storage#object","name":"x","bucket":"b","size":"3"}`)
+			return
+		}
+		w.Header().Set("Content-Length", "3")
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestReloadReleasesConnections reloads many times while every mirror's backend is used, with
+// each replaced generation retired at once: the connections it opened, and the goroutines that
+// serve them, must go with it, so that the count stays where it was however many reloads there
+// are. Left open, every idle connection would hold three goroutines (the client's read and write
+// loops, the server's handler) until its idle timeout.
+func TestReloadReleasesConnections(t *testing.T) {
+	testenv.IsolateAWS(t)
+	testenv.IsolateGCS(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+	store := objectStoreFake(t)
+	t.Setenv("STORAGE_EMULATOR_HOST", strings.TrimPrefix(store.URL, "http://"))
+	keyFile, _ := testenv.ServiceAccountKey(t)
+	for _, tt := range []struct {
+		name    string
+		mirrors func(f *reloadFixture) string
+		closer  string // what must close the connections, for the failure message
+	}{
+		{"http", func(f *reloadFixture) string {
+			return fmt.Sprintf("  - {name: eu-west, provider: http, base_url: %s, country: DE}\n"+
+				"  - {name: us-east, provider: http, base_url: %s, country: US}\n", f.eu.URL, f.us.URL)
+		}, "Parts.Close, for the http mirrors' shared client"},
+		{"s3", func(*reloadFixture) string {
+			return fmt.Sprintf("  - {name: s3-us, provider: s3, bucket: b, region: us-east-1, endpoint: %s, country: US}\n", store.URL)
+		}, "s3.Backend.Close, through an HTTP client it can close"},
+		{"gcs", func(*reloadFixture) string {
+			return fmt.Sprintf("  - {name: gcs-eu, provider: gcs, bucket: b, credentials_file: %s, country: DE}\n", keyFile)
+		}, "gcs.Backend.Close"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newReloadFixture(t)
+			yaml := fmt.Sprintf("listen: %q\nupstream: http://127.0.0.2:5000/v2/acme/\ngeoip: {database: city.mmdb}\nmirrors:\n%s", f.listen, tt.mirrors(f))
+			f.replace(t, f.path, []byte(yaml))
+			cfg, err := config.Load(f.path, config.Overrides{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := New(context.Background(), cfg, BuildInfo{}, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { svc.Close() }()
+			svc.Watch(f.path, "", 0)
+			d, err := oci.ParseDigest(blobA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			use := func() {
+				t.Helper()
+				for _, m := range svc.cur.Load().parts.Selector.Mirrors() {
+					ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+					obj, err := m.Backend().Stat(ctx, mirrors.Key(m.Prefix(), d))
+					cancel()
+					if err != nil || !obj.Exists {
+						t.Fatalf("mirror %s: Stat = %+v, %v", m.Name(), obj, err)
+					}
+				}
+			}
+			use()
+			before := runtime.NumGoroutine()
+			const reloads = 50
+			for range reloads {
+				if err := svc.reload(t.Context(), time.Millisecond); err != nil {
+					t.Fatalf("reload: %v", err)
+				}
+				use()
+			}
+			// A leak is at least two goroutines per reload; the slack covers timers and the last
+			// retirement still under way.
+			const slack = 20
+			deadline := time.Now().Add(10 * time.Second)
+			for runtime.NumGoroutine() > before+slack && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			after := runtime.NumGoroutine()
+			t.Logf("%d goroutines before %d reloads, %d after", before, reloads, after)
+			if after > before+slack {
+				t.Errorf("%d goroutines after %d reloads, %d before: replaced generations keep their connections open (closed by %s)", after, reloads, before, tt.closer)
+			}
+		})
+	}
 }
