@@ -78,11 +78,13 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	if err != nil {
 		return nil, err
 	}
+	// Stamped before the files are opened, for the same reason as in reload.
+	files := fileStamps(cfg)
 	parts, err := BuildParts(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
 	}
-	g := &generation{cfg: cfg, parts: parts, files: fileStamps(cfg)}
+	g := &generation{cfg: cfg, parts: parts, files: files}
 	// /metrics, and /_/resolve when enabled, are served on admin.listen when it is set (then not
 	// on the public listener), else on the public one.
 	mount := map[string]http.Handler{}
@@ -133,6 +135,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 			parts.Close()
 			return nil, err
 		}
+		parts.closers = append(parts.closers, clients)
 		opts.Proxy = newProxies(cfg, clients, s.metrics, s.log)
 		if ups.ClientAuth() {
 			mount[TokenPath] = tokenRelay(ups, s.log)

@@ -63,6 +63,9 @@ func (s *Service) reload(ctx context.Context, retire time.Duration) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	old := s.cur.Load()
+	// Stamped before anything is read: a file that changes while this reload reads it is then
+	// seen as changed again, rather than as already handled.
+	before := fileStamps(old.cfg)
 	cfg, err := config.Load(s.path, s.ov)
 	if err == nil {
 		keepListeners(s, old.cfg, cfg)
@@ -77,7 +80,7 @@ func (s *Service) reload(ctx context.Context, retire time.Duration) error {
 	}
 	// Remember what was refused so the watcher does not retry it until a file changes again. The
 	// stamps come from the old configuration's files plus the file itself, which is what changed.
-	s.failed = fileStamps(old.cfg)
+	s.failed = before
 	s.metrics.reloaded(false)
 	s.log.Error("configuration refused; the running one stays", "file", s.path, "err", err.Error())
 	return err

@@ -17,6 +17,8 @@ import (
 	"github.com/happy-turtle/oci-proxy/syncer"
 	"github.com/happy-turtle/oci-proxy/syncer/webhook"
 	"github.com/happy-turtle/oci-proxy/upstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // SyncOptions configure a Sync. The zero value copies with syncer.DefaultConcurrency, prints
@@ -87,7 +89,7 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 		// must not).
 		Transport: clients,
 	})
-	return &Sync{cfg: cfg, ups: ups, syncer: s, closer: closer, opts: opts, log: log}, nil
+	return &Sync{cfg: cfg, ups: ups, syncer: s, closer: closeAll{closer, clients}, opts: opts, log: log}, nil
 }
 
 // Close releases the mirrors' clients.
@@ -221,7 +223,13 @@ func (s *Sync) startWebhooks(life *lifecycle, addr string) (*http.Server, error)
 	if err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "oci_proxy_sync_pushes_dropped_total",
+		Help: "Pushes announced to the webhooks that the full sync queue refused (answered 503 for the sender to retry).",
+	}, func() float64 { return float64(q.Dropped()) }))
 	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle(webhook.RegistryPath, hooks)
 	mux.Handle(webhook.PubSubPath, hooks)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })

@@ -15,6 +15,7 @@ import (
 // registry token flow with its route's credentials. Proxy mode fetches with them and sync copies
 // with them, so both speak to GHCR, Docker Hub and private registries the same way.
 type upstreamClients struct {
+	base     *http.Transport            // the connection pool under every route's transport
 	byPrefix map[string]*auth.Transport // by route prefix
 	routes   []routeTransport           // longest upstream path first, for RoundTrip
 }
@@ -25,8 +26,8 @@ type routeTransport struct {
 }
 
 func newUpstreamClients(cfg *config.Config, log *slog.Logger) (*upstreamClients, error) {
-	u := &upstreamClients{byPrefix: map[string]*auth.Transport{}}
 	base := newUpstreamTransport()
+	u := &upstreamClients{base: base, byPrefix: map[string]*auth.Transport{}}
 	add := func(prefix, host, path string, a config.Auth) error {
 		creds, err := routeCredentials(a)
 		if err != nil {
@@ -75,4 +76,10 @@ func (u *upstreamClients) RoundTrip(req *http.Request) (*http.Response, error) {
 		return any.RoundTrip(req)
 	}
 	return http.DefaultTransport.RoundTrip(req)
+}
+
+// Close releases the idle connections to the upstreams; requests in flight finish.
+func (u *upstreamClients) Close() error {
+	u.base.CloseIdleConnections()
+	return nil
 }
