@@ -18,17 +18,56 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/happy-turtle/oci-proxy/internal/app"
 )
 
-// Set at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
+// Set at build time with -ldflags "-X main.version=... -X main.commit=... -X main.date=..." by
+// scripts/build.sh and scripts/release.sh, from the git tag at HEAD. A binary built without them
+// (go install, a plain go build) takes what the go command recorded instead: see buildInfo.
 var (
-	version = "dev"
-	commit  = "unknown"
-	date    = "unknown"
+	version string
+	commit  string
+	date    string
 )
+
+// buildInfo is the version, commit and build date of this binary: the -ldflags values where set,
+// else those the go command stamps into every binary it builds: the module version of
+// `go install module@v1.2.3` (or of a go build at a clean tagged commit) and the VCS revision and
+// commit time of a build in a git checkout. The version is given without its "v", as the image
+// tags are.
+func buildInfo() app.BuildInfo {
+	info := app.BuildInfo{Version: version, Commit: commit, Date: date}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v := bi.Main.Version; info.Version == "" && v != "" && v != "(devel)" {
+			info.Version = v
+		}
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision" && info.Commit == "":
+				info.Commit = s.Value
+			case s.Key == "vcs.time" && info.Date == "":
+				info.Date = s.Value
+			}
+		}
+	}
+	if v, ok := strings.CutPrefix(info.Version, "v"); ok && v != "" && v[0] >= '0' && v[0] <= '9' {
+		info.Version = v
+	}
+	if info.Version == "" {
+		info.Version = "dev"
+	}
+	if info.Commit == "" {
+		info.Commit = "unknown"
+	}
+	if info.Date == "" {
+		info.Date = "unknown"
+	}
+	return info
+}
 
 const usage = `oci-proxy gives container images a domain of their own.
 
@@ -70,7 +109,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "sync":
 		err = syncCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", version, commit, date, runtime.Version())
+		info := buildInfo()
+		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", info.Version, info.Commit, info.Date, runtime.Version())
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -130,7 +170,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := app.New(ctx, cfg, app.BuildInfo{Version: version, Commit: commit, Date: date}, log)
+	svc, err := app.New(ctx, cfg, buildInfo(), log)
 	if err != nil {
 		return err
 	}
