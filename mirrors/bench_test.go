@@ -98,3 +98,26 @@ func BenchmarkChooseWarmParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkChooseOverBudget is a flood of made-up digests once the mirrors' budgets are spent:
+// what each request costs when no check is made.
+func BenchmarkChooseOverBudget(b *testing.B) {
+	clk := newClock() // stands still: the budgets never refill
+	s := NewSelector(benchMirrors(b, 10), Options{Clock: clk.Now, MaxChecksPerSecond: 1})
+	ds := make([]Query, 1024)
+	for i := range ds {
+		ds[i] = Query{Loc: loc("81.2.69.142", "FR", 48.9, 2.35), Digest: digest(b, 1000+i), Method: "GET"}
+	}
+	for _, q := range ds[:20] { // spend every mirror's one check
+		s.Choose(b.Context(), q)
+	}
+	if d := s.Choose(b.Context(), ds[20]); d.Reason != ReasonBusy {
+		b.Fatalf("reason %q, want %q", d.Reason, ReasonBusy)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.Choose(b.Context(), ds[i%len(ds)])
+		i++
+	}
+}

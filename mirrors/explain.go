@@ -21,11 +21,14 @@ import (
 // its rank or the reason it was left out, and the decision. It holds no secrets: URLs lose their
 // query (where signatures live) and their user info.
 type Explanation struct {
-	Client   ExplainedClient     `json:"client"`
-	Digest   string              `json:"digest"`
-	Method   string              `json:"method"`
-	Mirrors  []MirrorExplanation `json:"mirrors"` // in table order
-	Decision ExplainedDecision   `json:"decision"`
+	Client ExplainedClient `json:"client"`
+	// Unlocated is where the blobs of a client that cannot be located go (mirrors, upstream),
+	// when this one could not be.
+	Unlocated string              `json:"unlocated,omitempty"`
+	Digest    string              `json:"digest"`
+	Method    string              `json:"method"`
+	Mirrors   []MirrorExplanation `json:"mirrors"` // in table order
+	Decision  ExplainedDecision   `json:"decision"`
 }
 
 // ExplainedClient is the location the decision used.
@@ -68,11 +71,17 @@ type ExplainedDecision struct {
 
 // Explain decides like Choose and records why. Unlike Choose it checks presence on every ranked
 // mirror, not only up to the first that holds the blob; the checks go through the same cache.
+// Mirrors with credentials that no probe has asked about yet are asked first, so that an
+// explanation made right after the configuration was read shows which ones are refused.
 func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 	e := Explanation{Client: explainClient(q.Loc), Digest: q.Digest.String(), Method: q.Method}
 	if e.Method != "HEAD" {
 		e.Method = "GET"
 	}
+	if !q.Loc.Known() {
+		e.Unlocated = s.opts.Unlocated.String()
+	}
+	s.checkUnchecked(ctx)
 	e.Mirrors = make([]MirrorExplanation, len(s.mirrors))
 	for i, m := range s.mirrors {
 		e.Mirrors[i] = MirrorExplanation{Name: m.name, Provider: m.provider, Weight: m.weight}
@@ -151,7 +160,11 @@ func (e Explanation) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(&b, "client    %s\n", addr)
 	if !c.Known {
-		b.WriteString("location  unknown\n")
+		b.WriteString("location  unknown")
+		if e.Unlocated != "" {
+			fmt.Fprintf(&b, " (unlocated: %s)", e.Unlocated)
+		}
+		b.WriteByte('\n')
 	} else {
 		var parts []string
 		if c.Country != "" {

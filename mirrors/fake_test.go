@@ -17,7 +17,8 @@ import (
 	"github.com/happy-turtle/oci-proxy/oci"
 )
 
-// fakeBackend holds the keys in present; err and delay apply to every Stat.
+// fakeBackend holds the keys in present; err and delay apply to every Stat, keyErr to the Stats
+// of one key.
 type fakeBackend struct {
 	name  string
 	clock func() time.Time
@@ -26,6 +27,8 @@ type fakeBackend struct {
 	mu      sync.Mutex
 	present map[string]int64 // key -> size
 	err     error
+	keyErr  map[string]error
+	asked   map[string]int // Stats by key
 	urlErr  error
 	delay   time.Duration
 	gate    chan struct{} // when set, Stat waits for it to close
@@ -34,7 +37,7 @@ type fakeBackend struct {
 }
 
 func newFake(name string, keys ...string) *fakeBackend {
-	f := &fakeBackend{name: name, clock: time.Now, present: map[string]int64{}}
+	f := &fakeBackend{name: name, clock: time.Now, present: map[string]int64{}, keyErr: map[string]error{}, asked: map[string]int{}}
 	for _, k := range keys {
 		f.present[k] = 1234
 	}
@@ -50,7 +53,11 @@ func (f *fakeBackend) set(fn func(f *fakeBackend)) {
 func (f *fakeBackend) Stat(ctx context.Context, key string) (Object, error) {
 	f.stats.Add(1)
 	f.mu.Lock()
+	f.asked[key]++
 	delay, gate, err := f.delay, f.gate, f.err
+	if e, ok := f.keyErr[key]; ok {
+		err = e
+	}
 	size, ok := f.present[key]
 	f.mu.Unlock()
 	if gate != nil {

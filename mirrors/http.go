@@ -48,8 +48,8 @@ func (b *HTTPBackend) object(key string) *url.URL {
 	return &u
 }
 
-// Stat sends a HEAD request for key. 403 counts as absent because public buckets behind a CDN
-// commonly answer 403 for objects that do not exist.
+// Stat sends a HEAD request for key. A 403 is ErrDenied, which the selector counts as absent:
+// public buckets behind a CDN commonly answer 403 for objects that do not exist.
 func (b *HTTPBackend) Stat(ctx context.Context, key string) (Object, error) {
 	u := b.object(key)
 	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u.String(), nil)
@@ -67,8 +67,13 @@ func (b *HTTPBackend) Stat(ctx context.Context, key string) (Object, error) {
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return Object{Exists: true, Size: resp.ContentLength}, nil
-	case http.StatusNotFound, http.StatusForbidden, http.StatusGone:
+	case http.StatusNotFound, http.StatusGone:
 		return Object{Exists: false, Size: -1}, nil
+	case http.StatusForbidden:
+		return Object{}, fmt.Errorf("stat %s: %w (%s)", key, ErrDenied, resp.Status)
+	}
+	if te := Throttled(resp.StatusCode, resp.Header.Get("Retry-After"), time.Now()); te != nil {
+		return Object{}, fmt.Errorf("stat %s: %w", key, te)
 	}
 	return Object{}, fmt.Errorf("stat %s: unexpected status %s", key, resp.Status)
 }

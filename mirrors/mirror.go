@@ -19,6 +19,7 @@ type Mirror struct {
 	prefix     string
 	enabled    bool
 	assumed    bool // assume_present: no presence checks
+	checkCreds bool // the background probe asks about ProbeKey
 	weight     int
 	signingTTL time.Duration
 
@@ -52,6 +53,12 @@ type Spec struct {
 	AssumePresent bool          // skip presence checks: the mirror holds every blob
 	Weight        int           // share among equally ranked mirrors; 0 takes no share
 	SigningTTL    time.Duration // lifetime of signed URLs; must be positive
+
+	// CheckCredentials makes the background probe ask about ProbeKey, so that credentials the
+	// service no longer accepts take the mirror out rather than make it look empty. For mirrors
+	// the proxy reaches with credentials of its own, which sync writes the probe object into:
+	// not for public ones, whose 403s mean nothing but absence.
+	CheckCredentials bool
 
 	Country   string
 	Continent string
@@ -96,6 +103,7 @@ func NewMirror(s Spec, b Backend) *Mirror {
 		prefix:           s.Prefix,
 		enabled:          !s.Disabled,
 		assumed:          s.AssumePresent,
+		checkCreds:       s.CheckCredentials,
 		weight:           s.Weight,
 		signingTTL:       s.SigningTTL,
 		country:          s.Country,

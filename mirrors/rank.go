@@ -66,6 +66,17 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 	if loc.HasCoords {
 		client = geo.PointAt(loc.Lat, loc.Lon)
 	}
+	if s.opts.Unlocated == UnlocatedUpstream && !loc.Known() {
+		if tr != nil {
+			for i, m := range s.mirrors {
+				tr.Mirrors[i].Excluded = "client not located (unlocated: upstream)"
+				if !m.enabled {
+					tr.Mirrors[i].Excluded = "disabled"
+				}
+			}
+		}
+		return buf, ReasonNoGeo
+	}
 	inScope, unhealthy := 0, 0
 	for i, m := range s.mirrors {
 		if !m.enabled {
@@ -84,7 +95,7 @@ func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) 
 		if !s.usable(i, now, q.Digest) {
 			unhealthy++
 			if tr != nil {
-				tr.Mirrors[i].Excluded = "unhealthy"
+				tr.Mirrors[i].Excluded = s.outReason(i)
 			}
 			continue
 		}

@@ -40,6 +40,22 @@ type Options struct {
 	// ProbeInterval is how often Run checks each mirror, so that a dead mirror is noticed even
 	// while every request is answered from the caches: 3s when zero.
 	ProbeInterval time.Duration
+	// MaxChecksPerSecond is each mirror's budget of presence checks for blobs the cache does not
+	// know: a token bucket refilled at this rate and holding one second's worth. A check beyond
+	// it is not made: the request skips the mirror at once, for the next candidate or the
+	// upstream (ReasonBusy), and nothing is cached, so the blob is asked about again once there
+	// is budget. Blobs known to be on the mirror never wait for it. DefaultMaxChecksPerSecond
+	// when zero; negative: no budget.
+	//
+	// Anyone can ask for made-up digests, and each one costs a check at the best mirror, so
+	// without a budget a flood of requests becomes a flood of HEADs that slows the mirror's
+	// answers for everyone. A real pull asks about each blob once (concurrent checks of one
+	// blob are merged and the answers cached), so even many nodes starting different images at
+	// once need a few hundred checks, spread over seconds.
+	MaxChecksPerSecond int
+	// Unlocated is where the blobs of a client that cannot be located go: UnlocatedMirrors
+	// (the zero value) or UnlocatedUpstream.
+	Unlocated Unlocated
 	// Clock returns the current time for cache expiry and health: time.Now when nil. Timeouts of
 	// network calls always use real time.
 	Clock func() time.Time
@@ -58,6 +74,12 @@ func (o Options) withDefaults() Options {
 	def(&o.MissTTL, 30*time.Second)
 	def(&o.Backoff, 10*time.Second)
 	def(&o.ProbeInterval, 3*time.Second)
+	switch {
+	case o.MaxChecksPerSecond == 0:
+		o.MaxChecksPerSecond = DefaultMaxChecksPerSecond
+	case o.MaxChecksPerSecond < 0:
+		o.MaxChecksPerSecond = 0 // no budget
+	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 100000
 	}
@@ -71,6 +93,33 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
+}
+
+// DefaultMaxChecksPerSecond is Options.MaxChecksPerSecond's default: enough for the cold start of
+// a real pull burst; a fraction of what a flood asks (2,260 requests a second for made-up digests
+// made 1,130 HEADs a second at one mirror and slowed its answers past 2 s); far below the
+// thousands of reads a second that S3 and GCS serve per prefix; and, at their request prices
+// (0.4 USD a million), at most about 7 USD a day per mirror however long a flood lasts.
+const DefaultMaxChecksPerSecond = 200
+
+// Unlocated is where the blobs of a client that cannot be located (no GeoIP answer, no network
+// rule) go.
+type Unlocated uint8
+
+const (
+	// UnlocatedMirrors ranks the mirrors without a scope by weight alone (ReasonNoGeo): a
+	// client nobody can place is still served by the mirrors that may serve anyone.
+	UnlocatedMirrors Unlocated = iota
+	// UnlocatedUpstream sends them to the upstream (ReasonNoGeo), as a proxy without mirrors
+	// would.
+	UnlocatedUpstream
+)
+
+func (u Unlocated) String() string {
+	if u == UnlocatedUpstream {
+		return "upstream"
+	}
+	return "mirrors"
 }
 
 // Fixed tunings. They are not options: no deployment has needed another value, and each is
@@ -106,7 +155,8 @@ type Decision struct {
 }
 
 // The reasons a Decision gives. A mirror was chosen for the first rank it won on; the fallbacks
-// say why the upstream (or, for ReasonNoGeo, a mirror picked by weight alone) serves the blob.
+// say why the upstream (or, for ReasonNoGeo with UnlocatedMirrors, a mirror picked by weight
+// alone) serves the blob.
 const (
 	ReasonNetwork   = "network"   // the client is in the mirror's networks or cloud region
 	ReasonCountry   = "country"   // the mirror is in the client's country
@@ -114,11 +164,12 @@ const (
 	ReasonDistance  = "distance"  // the nearest by great-circle distance
 	ReasonWeight    = "weight"    // nothing known to prefer one mirror: by weight
 
-	ReasonNoGeo      = "fallback:no-geo"      // the client could not be located; unscoped mirrors by weight
+	ReasonNoGeo      = "fallback:no-geo"      // the client could not be located: unscoped mirrors by weight, or the upstream (Options.Unlocated)
 	ReasonNotPresent = "fallback:not-present" // no candidate holds the blob
 	ReasonNoMirror   = "fallback:no-mirror"   // no enabled mirror may serve this client
-	ReasonUnhealthy  = "fallback:unhealthy"   // every mirror that may serve the client is set aside
+	ReasonUnhealthy  = "fallback:unhealthy"   // every mirror that may serve the client is set aside (failures, refused credentials)
 	ReasonError      = "fallback:error"       // a check failed or timed out and no other candidate holds the blob
+	ReasonBusy       = "fallback:busy"        // the candidates not known to lack the blob had spent their budget of checks, or asked to be paced
 )
 
 // Selector chooses mirrors. It is safe for concurrent use; the mirror table is fixed at
@@ -163,6 +214,23 @@ type mirrorState struct {
 	// probe is a blob recently asked of this mirror, the object a health probe checks: unlike a
 	// made-up key, it is one the mirror's permissions certainly allow asking about.
 	probe atomic.Pointer[oci.Digest]
+	// found is the last blob a check found on this mirror: proof, while it is still there, that
+	// the mirror accepts the proxy's credentials (see checkCredentials).
+	found atomic.Pointer[oci.Digest]
+
+	// creds is what the last probe of ProbeKey said of the credentials (a credState); denied
+	// is the refusal while it is credsRefused. recheckAt (unix nanoseconds) is when a request
+	// may next start a check of refused credentials.
+	creds     atomic.Uint32
+	denied    atomic.Pointer[string]
+	recheckAt atomic.Int64
+
+	// budget limits presence checks; pacedUntil (unix nanoseconds) is when the mirror's request
+	// to slow down (a *ThrottledError) ends. The counters are the checks each one skipped.
+	budget        budget
+	pacedUntil    atomic.Int64
+	skippedBudget atomic.Uint64
+	skippedPaced  atomic.Uint64
 }
 
 // NewSelector returns a Selector over ms, ranked in the order given when everything else is equal
@@ -176,6 +244,10 @@ func NewSelector(ms []*Mirror, opts Options) *Selector {
 		log:     opts.Logger,
 		now:     opts.Clock,
 		seed:    maphash.MakeSeed(),
+	}
+	start := s.now().UnixNano()
+	for i := range s.state {
+		s.state[i].budget.init(opts.MaxChecksPerSecond, start)
 	}
 	s.presence = newCache[presenceKey, Object](opts.CacheSize, func(k presenceKey) uint64 {
 		return maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.mirror)*0x9e3779b97f4a7c15
@@ -250,9 +322,13 @@ func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explana
 		return d
 	}
 	// An error wins over "not present": the blob may well be on the mirror that failed, and that
-	// is what an operator needs to see.
+	// is what an operator needs to see. A check skipped for a busy mirror comes next, for the
+	// same reason.
 	if w.failed {
 		return toUpstream(ReasonError)
+	}
+	if w.busy {
+		return toUpstream(ReasonBusy)
 	}
 	return toUpstream(ReasonNotPresent)
 }
@@ -268,6 +344,7 @@ type walker struct {
 	tr       *Explanation
 	deadline time.Time // set at the first network call, so a warm choice never reads the clock
 	failed   bool
+	busy     bool // a candidate was skipped for its budget or its pacing
 }
 
 // check learns whether c holds the blob, recording the answer in the trace.
@@ -284,6 +361,12 @@ func (w *walker) check(c *cand) (Object, bool) {
 	}
 	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, &w.deadline)
 	switch {
+	case isBusy(err):
+		w.busy = true
+		if me != nil {
+			me.Presence, me.Excluded = "busy", w.s.busyNote(c.idx, err)
+		}
+		return obj, false
 	case err != nil:
 		w.failed = true
 		if me != nil {
@@ -326,13 +409,18 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Location: su.s, Reason: reason, Size: obj.Size, Expires: su.expires}, true
 }
 
-// present reports whether mirror i holds d, from the cache or from one merged backend check.
+// present reports whether mirror i holds d, from the cache or from one merged backend check. A
+// check the mirror's budget or pacing refuses is an error for which isBusy is true; requests
+// that join a check in flight take nothing from the budget.
 func (s *Selector) present(ctx context.Context, i int, d oci.Digest, deadline *time.Time) (Object, bool, error) {
 	k := presenceKey{i, d}
 	if o, ok := s.presence.get(k, s.now().UnixNano()); ok {
 		return o, true, nil
 	}
 	v, err := s.flight(ctx, "p"+strconv.Itoa(i)+d.String(), deadline, func(fctx context.Context) (any, error) {
+		if err := s.admit(i); err != nil {
+			return nil, err
+		}
 		return s.stat(fctx, i, d)
 	})
 	if err != nil {
@@ -411,19 +499,33 @@ func (s *Selector) flight(ctx context.Context, name string, deadline *time.Time,
 }
 
 // stat asks mirror i's backend about d, caches a definite answer and updates the mirror's health.
+// A throttled answer paces the mirror and counts neither way.
 func (s *Selector) stat(ctx context.Context, i int, d oci.Digest) (Object, error) {
-	m := s.mirrors[i]
-	s.state[i].probe.Store(&d)
+	m, st := s.mirrors[i], &s.state[i]
+	st.probe.Store(&d)
 	o, err := m.backend.Stat(ctx, Key(m.prefix, d))
 	if err != nil {
-		err = s.describe(ctx, i, "stat", err)
-		s.failed(i, err)
-		return Object{}, err
+		var te *ThrottledError
+		switch {
+		case errors.Is(err, ErrDenied):
+			// A bucket the proxy may not list answers 403 for a blob it lacks, and a refused
+			// blob cannot be served anyway. Whether the credentials still work is ProbeKey's
+			// question (checkCredentials).
+			o = Object{}
+		case errors.As(err, &te):
+			s.pace(i, te)
+			return Object{}, fmt.Errorf("%w: %w", errPaced, s.describe(ctx, i, "stat", err))
+		default:
+			err = s.describe(ctx, i, "stat", err)
+			s.failed(i, err)
+			return Object{}, err
+		}
 	}
 	s.succeeded(i)
 	ttl := s.opts.MissTTL
 	if o.Exists {
 		ttl = s.opts.HitTTL
+		st.found.Store(&d)
 	} else {
 		o.Size = -1
 	}
@@ -443,6 +545,8 @@ func (s *Selector) describe(ctx context.Context, i int, op string, err error) er
 // shortErr keeps explanations readable and bounded: the innermost cause is what matters.
 func shortErr(err error) string {
 	switch {
+	case errors.Is(err, errOverBudget):
+		return "budget spent"
 	case errors.Is(err, errBudget):
 		return "no time left"
 	case errors.Is(err, context.DeadlineExceeded):
