@@ -101,8 +101,10 @@ func (r *run) fail(repo, reference string, err error) {
 	r.s.log.Warn("sync: upstream", slog.String("repository", repo), slog.String("ref", reference), slog.String("err", brief.Error(err, maxReason)))
 }
 
-// finish reads every manifest of r.refs, then copies every blob they name to every target.
+// finish reads every manifest of r.refs, then copies every blob they name to every target. The
+// probe objects are written meanwhile (writeProbes).
 func (s *Syncer) finish(ctx context.Context, r *run) (Report, error) {
+	defer r.writeProbes(ctx)()
 	p := r.puller(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.opts.Concurrency)
@@ -300,6 +302,11 @@ func (r *run) copyBlob(ctx context.Context, p *remote.Puller, b *blob) {
 		sctx, cancel := context.WithTimeout(ctx, r.s.opts.Timeout)
 		obj, err := t.Writer.Stat(sctx, key)
 		cancel()
+		if errors.Is(err, mirrors.ErrDenied) {
+			// What a writer that may not list the bucket is told of a missing key: writing it is
+			// how to find out.
+			obj, err = mirrors.Object{Size: -1}, nil
+		}
 		switch {
 		case err != nil:
 			r.tally(i, b, false, fmt.Errorf("stat: %w", err))
