@@ -164,8 +164,10 @@ func fileCredentials(ctx context.Context, file, profile string) (aws.Credentials
 		sc.Credentials.AccessKeyID, sc.Credentials.SecretAccessKey, sc.Credentials.SessionToken), nil
 }
 
-// Stat reports whether key is in the bucket. A 403 counts as absent: S3 answers 403 rather than
-// 404 for a missing key when the caller may read objects but not list the bucket.
+// Stat reports whether key is in the bucket. A 403 is an error wrapping mirrors.ErrDenied, not
+// an absence: S3 answers 403 rather than 404 for a missing key when the caller may read objects
+// but not list the bucket, and also to credentials it no longer accepts: the caller tells them
+// apart (see mirrors.ProbeKey). A 429, and a 503 with Retry-After, is a *mirrors.ThrottledError.
 func (b *Backend) Stat(ctx context.Context, key string) (mirrors.Object, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -176,9 +178,16 @@ func (b *Backend) Stat(ctx context.Context, key string) (mirrors.Object, error) 
 	if err != nil {
 		var re *awshttp.ResponseError
 		if errors.As(err, &re) {
-			switch re.HTTPStatusCode() {
-			case http.StatusNotFound, http.StatusForbidden:
+			switch status := re.HTTPStatusCode(); status {
+			case http.StatusNotFound:
 				return mirrors.Object{Exists: false, Size: -1}, nil
+			case http.StatusForbidden:
+				// The SDK's message is kept: a HEAD answer has no body, but its request ID helps.
+				return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w: %w", key, b.name, mirrors.ErrDenied, err)
+			default:
+				if te := mirrors.Throttled(status, re.Response.Header.Get("Retry-After"), time.Now()); te != nil {
+					return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w", key, b.name, te)
+				}
 			}
 		}
 		return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w", key, b.name, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
+	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
 const (
@@ -377,21 +381,31 @@ func TestNewErrors(t *testing.T) {
 func TestStatStatus(t *testing.T) {
 	testenv.IsolateAWS(t)
 	tests := []struct {
-		status   int
-		want     bool
-		wantSize int64
-		wantErr  bool
+		name       string
+		status     int
+		retryAfter string
+		want       bool
+		wantSize   int64
+		wantErr    bool
+		denied     bool                    // the error wraps mirrors.ErrDenied
+		throttled  *mirrors.ThrottledError // the error is this
 	}{
 		{status: http.StatusOK, want: true, wantSize: 1234},
 		{status: http.StatusNotFound, want: false, wantSize: -1},
-		{status: http.StatusForbidden, want: false, wantSize: -1},
+		{status: http.StatusForbidden, wantErr: true, denied: true},
 		{status: http.StatusInternalServerError, wantErr: true},
 		{status: http.StatusServiceUnavailable, wantErr: true},
+		{name: "503 with Retry-After", status: http.StatusServiceUnavailable, retryAfter: "4", wantErr: true,
+			throttled: &mirrors.ThrottledError{Status: 503, RetryAfter: 4 * time.Second}},
+		{status: http.StatusTooManyRequests, wantErr: true, throttled: &mirrors.ThrottledError{Status: 429}},
 		{status: http.StatusBadRequest, wantErr: true},
 		{status: http.StatusUnauthorized, wantErr: true},
 	}
 	for _, tt := range tests {
-		t.Run(http.StatusText(tt.status), func(t *testing.T) {
+		if tt.name == "" {
+			tt.name = http.StatusText(tt.status)
+		}
+		t.Run(tt.name, func(t *testing.T) {
 			var calls atomic.Int32
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				calls.Add(1)
@@ -403,6 +417,9 @@ func TestStatStatus(t *testing.T) {
 				}
 				if tt.status == http.StatusOK {
 					w.Header().Set("Content-Length", "1234")
+				}
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
 				}
 				w.WriteHeader(tt.status)
 			}))
@@ -426,6 +443,16 @@ func TestStatStatus(t *testing.T) {
 				}
 				if n := calls.Load(); n != 1 {
 					t.Errorf("%d requests, want 1 (no retries by default)", n)
+				}
+				if denied := errors.Is(err, mirrors.ErrDenied); denied != tt.denied {
+					t.Errorf("error %v: errors.Is(mirrors.ErrDenied) = %v, want %v", err, denied, tt.denied)
+				}
+				var te *mirrors.ThrottledError
+				if !errors.As(err, &te) {
+					te = nil
+				}
+				if diff := cmp.Diff(tt.throttled, te); diff != "" {
+					t.Errorf("throttling of %v (-want +got):\n%s", err, diff)
 				}
 				return
 			}

@@ -3,6 +3,7 @@ package s3
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
+	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
 // TestVersityGW runs the backend against a real S3 implementation that verifies SigV4, presigned
@@ -67,9 +69,9 @@ func TestVersityGW(t *testing.T) {
 		}
 	})
 
-	t.Run("Stat with a wrong key is absent", func(t *testing.T) {
+	t.Run("Stat with a wrong key is denied", func(t *testing.T) {
 		// versitygw answers 403 to a bad signature, as S3 does to a reader without list
-		// permission; either way the mirror cannot serve the blob.
+		// permission: Stat says so, and the selector decides what it means.
 		wrong := newBackend(t, Config{
 			Name: "versity", Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint,
 			CredentialsFile: credFile(t, "default", srv.Access, "not-the-secret"),
@@ -77,8 +79,11 @@ func TestVersityGW(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		obj, err := wrong.Stat(ctx, testKey)
-		if err != nil || obj.Exists {
-			t.Fatalf("Stat = %+v, %v; want absent", obj, err)
+		if !errors.Is(err, mirrors.ErrDenied) {
+			t.Fatalf("Stat = %+v, %v; want an error wrapping mirrors.ErrDenied", obj, err)
+		}
+		if strings.Contains(err.Error(), "not-the-secret") {
+			t.Errorf("error contains the secret key: %v", err)
 		}
 	})
 
