@@ -39,6 +39,9 @@ type Config struct {
 	Routes          []Route
 	Cache           Cache
 	Sync            Sync
+
+	// Unlocated is where the blobs of a client that cannot be located go.
+	Unlocated Unlocated
 }
 
 // Header is the forwarding header the trusted proxies write.
@@ -49,6 +52,21 @@ const (
 	Forwarded                   // RFC 7239 Forwarded
 	AnyHeader                   // either; only for proxies known to write both
 )
+
+// Unlocated is where the blobs of a client go when neither GeoIP nor a network rule places it.
+type Unlocated uint8
+
+const (
+	UnlocatedMirrors  Unlocated = iota // the mirrors without a scope, by weight (the default)
+	UnlocatedUpstream                  // the upstream
+)
+
+func (u Unlocated) String() string {
+	if u == UnlocatedUpstream {
+		return "upstream"
+	}
+	return "mirrors"
+}
 
 // GeoIP names the MaxMind databases, as absolute paths; "" when not configured.
 type GeoIP struct {
@@ -150,6 +168,9 @@ type Presence struct {
 	CacheSize   int
 	HealthAfter int
 	Backoff     time.Duration
+	// MaxChecksPerSecond is each mirror's budget of checks for blobs not in the cache; 0: no
+	// budget (written so in the file; left out, it is DefaultMaxChecksPerSecond).
+	MaxChecksPerSecond int
 }
 
 // Admin enables the explanation endpoints.

@@ -193,6 +193,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add([]byte("upstream: https://a.example/v2/\nmirrors:\n  - name: a\n    provider: http\n    base_url: https://x/\n"))
+	f.Add([]byte("upstream: https://a.example/v2/\nunlocated: upstream\npresence: {max_checks_per_second: 0}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.yaml", data, Overrides{})
 		if err != nil {
@@ -205,6 +206,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if c.Upstream == nil || !strings.HasSuffix(c.Upstream.Path, "/") {
 			t.Fatalf("accepted without a normalised upstream: %+v", c.Upstream)
+		}
+		if b := c.Presence.MaxChecksPerSecond; b < 0 || b > MaxChecksPerSecond || c.Unlocated > UnlocatedUpstream {
+			t.Fatalf("accepted a budget of %d, unlocated %d", b, c.Unlocated)
 		}
 	})
 }
@@ -248,5 +252,70 @@ func TestMirrorASNs(t *testing.T) {
 	c, err := Parse("x.yaml", []byte(ok), Overrides{})
 	if err != nil || len(c.Mirrors[0].ASNs) != 1 || c.Mirrors[0].ASNs[0] != 3320 {
 		t.Errorf("Parse = %+v, %v", c, err)
+	}
+}
+
+func TestPresenceBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       int
+		err        string
+	}{
+		{"left out", "", DefaultMaxChecksPerSecond, ""},
+		{"a budget", "presence: {max_checks_per_second: 50}\n", 50, ""},
+		{"no limit", "presence: {max_checks_per_second: 0}\n", 0, ""},
+		{"the largest", "presence: {max_checks_per_second: 1000000}\n", MaxChecksPerSecond, ""},
+		{"negative", "presence:\n  max_checks_per_second: -1\n", 0,
+			"x.yaml:3: presence.max_checks_per_second must be between 0 (no limit) and 1000000, not -1"},
+		{"too large", "presence: {max_checks_per_second: 1000001}\n", 0, "x.yaml:2: presence.max_checks_per_second must be between"},
+		{"not a number", "presence: {max_checks_per_second: lots}\n", 0, `x.yaml:2: presence.max_checks_per_second: "lots" is not a whole number`},
+		{"a fraction", "presence: {max_checks_per_second: 2.5}\n", 0, `x.yaml:2: presence.max_checks_per_second: "2.5" is not a whole number`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("x.yaml", []byte("upstream: https://a.example/v2/\n"+tc.yaml), Overrides{})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Presence.MaxChecksPerSecond != tc.want {
+				t.Errorf("max_checks_per_second = %d, want %d", c.Presence.MaxChecksPerSecond, tc.want)
+			}
+		})
+	}
+}
+
+func TestUnlocated(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want Unlocated
+		err  string
+	}{
+		{"", UnlocatedMirrors, ""},
+		{"unlocated: mirrors\n", UnlocatedMirrors, ""},
+		{"unlocated: upstream\n", UnlocatedUpstream, ""},
+		{"unlocated: Upstream\n", UnlocatedUpstream, ""},
+		{"unlocated: nearest\n", 0, `x.yaml:2: unlocated must be mirrors or upstream, not "nearest"`},
+		{"unlocated: [upstream]\n", 0, "x.yaml:2: unlocated"},
+	} {
+		t.Run(tc.yaml, func(t *testing.T) {
+			c, err := Parse("x.yaml", []byte("upstream: https://a.example/v2/\n"+tc.yaml), Overrides{})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Unlocated != tc.want {
+				t.Errorf("unlocated = %v, want %v", c.Unlocated, tc.want)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ type rawConfig struct {
 	Upstream        string      `yaml:"upstream"`
 	TrustedProxies  []string    `yaml:"trusted_proxies"`
 	ForwardedHeader string      `yaml:"forwarded_header"`
+	Unlocated       string      `yaml:"unlocated"`
 	GeoIP           rawGeoIP    `yaml:"geoip"`
 	CloudRanges     []rawRanges `yaml:"cloud_ranges"`
 	Mirrors         []rawMirror `yaml:"mirrors"`
@@ -69,13 +70,15 @@ type rawSigning struct {
 	TTL time.Duration `yaml:"ttl"`
 }
 
+// rawPresence's pointer tells "not set" (the default) from an explicit 0 (no budget).
 type rawPresence struct {
-	Timeout     time.Duration `yaml:"timeout"`
-	HitTTL      time.Duration `yaml:"hit_ttl"`
-	MissTTL     time.Duration `yaml:"miss_ttl"`
-	CacheSize   int           `yaml:"cache_size"`
-	HealthAfter int           `yaml:"health_after"`
-	Backoff     time.Duration `yaml:"backoff"`
+	Timeout            time.Duration `yaml:"timeout"`
+	HitTTL             time.Duration `yaml:"hit_ttl"`
+	MissTTL            time.Duration `yaml:"miss_ttl"`
+	CacheSize          int           `yaml:"cache_size"`
+	HealthAfter        int           `yaml:"health_after"`
+	Backoff            time.Duration `yaml:"backoff"`
+	MaxChecksPerSecond *int          `yaml:"max_checks_per_second"`
 }
 
 type rawAdmin struct {

@@ -27,6 +27,14 @@ const (
 	DefaultBackoff     = 10 * time.Second
 	DefaultWeight      = 100
 	MaxWeight          = 1000000
+
+	// DefaultMaxChecksPerSecond is each mirror's budget of presence checks for blobs the cache
+	// does not know: a real pull's cold start needs a few hundred spread over seconds, while a
+	// flood of made-up digests would make thousands a second (mirrors.DefaultMaxChecksPerSecond
+	// says why this number).
+	DefaultMaxChecksPerSecond = 200
+	MaxChecksPerSecond        = 1000000
+
 	// The manifest cache of proxy routes: a pushed tag shows within seconds; a registry's short
 	// outage is ridden out; thousands of manifests fit.
 	DefaultTagTTL     = 5 * time.Second
@@ -86,6 +94,14 @@ func resolve(r *rawConfig, file string, v *validator) *Config {
 	default:
 		v.at(p("forwarded_header"), "forwarded_header must be x-forwarded-for, forwarded or any, not %q", r.ForwardedHeader)
 	}
+	switch strings.ToLower(r.Unlocated) {
+	case "", "mirrors":
+		c.Unlocated = UnlocatedMirrors
+	case "upstream":
+		c.Unlocated = UnlocatedUpstream
+	default:
+		v.at(p("unlocated"), "unlocated must be mirrors or upstream, not %q", r.Unlocated)
+	}
 	for i, rr := range r.CloudRanges {
 		cr := CloudRanges{Cloud: rr.Cloud, File: rr.File}
 		format := rr.Format
@@ -128,7 +144,16 @@ func resolve(r *rawConfig, file string, v *validator) *Config {
 }
 
 func resolvePresence(r rawPresence, v *validator) Presence {
-	pr := Presence(r)
+	pr := Presence{
+		Timeout: r.Timeout, HitTTL: r.HitTTL, MissTTL: r.MissTTL, CacheSize: r.CacheSize,
+		HealthAfter: r.HealthAfter, Backoff: r.Backoff, MaxChecksPerSecond: DefaultMaxChecksPerSecond,
+	}
+	if n := r.MaxChecksPerSecond; n != nil {
+		if *n < 0 || *n > MaxChecksPerSecond {
+			v.at(p("presence", "max_checks_per_second"), "presence.max_checks_per_second must be between 0 (no limit) and %d, not %d", MaxChecksPerSecond, *n)
+		}
+		pr.MaxChecksPerSecond = *n
+	}
 	for _, d := range []struct {
 		key string
 		val *time.Duration

@@ -62,7 +62,7 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 		}
 		ms = append(ms, mirrors.NewMirror(mirrorSpec(mc), b))
 	}
-	p.Selector = mirrors.NewSelector(ms, selectorOptions(cfg.Presence, log))
+	p.Selector = mirrors.NewSelector(ms, selectorOptions(cfg, log))
 	return p, nil
 }
 
@@ -119,6 +119,9 @@ func mirrorSpec(m config.Mirror) mirrors.Spec {
 		pt := geo.PointAt(m.Location.Lat, m.Location.Lon)
 		s.Location = &pt
 	}
+	// Credentials the service can stop accepting: every s3 mirror, and a gcs one unless it is
+	// public and read anonymously. An http mirror has none, and its 403s are absences.
+	s.CheckCredentials = m.Provider == config.S3 || (m.Provider == config.GCS && (!m.Public || m.CredentialsFile != ""))
 	switch m.AddressFamily {
 	case config.IPv4Only:
 		s.Family = mirrors.IPv4Only
@@ -128,16 +131,25 @@ func mirrorSpec(m config.Mirror) mirrors.Spec {
 	return s
 }
 
-func selectorOptions(p config.Presence, log *slog.Logger) mirrors.Options {
-	return mirrors.Options{
-		Timeout:     p.Timeout,
-		HitTTL:      p.HitTTL,
-		MissTTL:     p.MissTTL,
-		CacheSize:   p.CacheSize,
-		HealthAfter: p.HealthAfter,
-		Backoff:     p.Backoff,
-		Logger:      log,
+func selectorOptions(cfg *config.Config, log *slog.Logger) mirrors.Options {
+	p := cfg.Presence
+	o := mirrors.Options{
+		Timeout:            p.Timeout,
+		HitTTL:             p.HitTTL,
+		MissTTL:            p.MissTTL,
+		CacheSize:          p.CacheSize,
+		HealthAfter:        p.HealthAfter,
+		Backoff:            p.Backoff,
+		MaxChecksPerSecond: p.MaxChecksPerSecond,
+		Logger:             log,
 	}
+	if p.MaxChecksPerSecond == 0 {
+		o.MaxChecksPerSecond = -1 // the file's 0 is no budget; the option's 0 is the default
+	}
+	if cfg.Unlocated == config.UnlocatedUpstream {
+		o.Unlocated = mirrors.UnlocatedUpstream
+	}
+	return o
 }
 
 // networkRules collects each mirror's own networks (tagged geo.NetTag) and the cloud providers'

@@ -43,7 +43,7 @@ type Metrics struct {
 var reasons = []string{
 	mirrors.ReasonNetwork, mirrors.ReasonCountry, mirrors.ReasonContinent, mirrors.ReasonDistance,
 	mirrors.ReasonWeight, mirrors.ReasonNoGeo, mirrors.ReasonNotPresent, mirrors.ReasonNoMirror,
-	mirrors.ReasonUnhealthy, mirrors.ReasonError, redirector.ReasonNoMirrors,
+	mirrors.ReasonUnhealthy, mirrors.ReasonError, mirrors.ReasonBusy, redirector.ReasonNoMirrors,
 }
 
 // NewMetrics registers the service's metrics; SetSelector names the mirrors.
@@ -109,9 +109,18 @@ func NewMetrics(info BuildInfo) *Metrics {
 		m.requests = append(m.requests, row)
 		m.durations = append(m.durations, durVec.WithLabelValues(k.String()))
 	}
-	reg.MustRegister(healthCollector{m: m, desc: prometheus.NewDesc(
-		"oci_proxy_mirror_healthy", "1 while the mirror is a candidate, 0 while it is set aside after failures.",
-		[]string{"mirror"}, nil)})
+	reg.MustRegister(healthCollector{
+		m: m,
+		healthy: prometheus.NewDesc("oci_proxy_mirror_healthy",
+			"1 while the mirror is a candidate, 0 while it is set aside after failures or for refused credentials.",
+			[]string{"mirror"}, nil),
+		creds: prometheus.NewDesc("oci_proxy_mirror_credentials_ok",
+			"For mirrors the proxy reaches with credentials: 0 while the storage service refuses them (the probe object is refused and no blob is readable), else 1.",
+			[]string{"mirror"}, nil),
+		skipped: prometheus.NewDesc("oci_proxy_presence_checks_skipped_total",
+			"Presence checks not made for blobs the cache does not know, by mirror and reason: budget (presence.max_checks_per_second spent), paced (the mirror answered 429, or 503 with Retry-After).",
+			[]string{"mirror", "reason"}, nil),
+	})
 	m.SetSelector(nil)
 	return m
 }
@@ -169,27 +178,40 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // healthCollector reads the mirrors' health when scraped, so the request path pays nothing.
+// The skipped counts start again with each configuration (a reload builds a new selector), which
+// Prometheus' rate() takes as a counter reset.
 type healthCollector struct {
-	m    *Metrics
-	desc *prometheus.Desc
+	m                       *Metrics
+	healthy, creds, skipped *prometheus.Desc
 }
 
-func (c healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c healthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.healthy
+	ch <- c.creds
+	ch <- c.skipped
+}
 
 func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 	sel := c.m.sel.Load()
 	if sel == nil {
 		return
 	}
+	bit := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
 	for _, h := range sel.Health() {
 		if !h.Enabled {
 			continue
 		}
-		v := 0.0
-		if h.Healthy {
-			v = 1
+		ch <- prometheus.MustNewConstMetric(c.healthy, prometheus.GaugeValue, bit(h.Healthy), h.Name)
+		if h.Credentials != "" {
+			ch <- prometheus.MustNewConstMetric(c.creds, prometheus.GaugeValue, bit(h.Credentials != mirrors.CredentialsRefused), h.Name)
 		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, h.Name)
+		ch <- prometheus.MustNewConstMetric(c.skipped, prometheus.CounterValue, float64(h.SkippedBudget), h.Name, "budget")
+		ch <- prometheus.MustNewConstMetric(c.skipped, prometheus.CounterValue, float64(h.SkippedPaced), h.Name, "paced")
 	}
 }
 
