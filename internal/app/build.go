@@ -50,6 +50,8 @@ func BuildParts(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Par
 	p.Locator = geo.NewLocator(p.GeoIP, geo.NewNetworkTable(rules))
 
 	httpClient := newHTTPClient(cfg.Presence.Timeout)
+	// Closed with the parts, so that a replaced configuration lets go of its connections at once.
+	p.closers = append(p.closers, idleConns{httpClient})
 	ms := make([]*mirrors.Mirror, 0, len(cfg.Mirrors))
 	for _, mc := range cfg.Mirrors {
 		b, err := newBackend(ctx, mc, cfg.Presence.Timeout, httpClient)
@@ -247,3 +249,11 @@ func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redir
 	}
 	return redirector.BlobTarget{URL: d.Location, Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country}
 }
+
+// idleConns closes a client's idle connections when the parts close; the client stays usable for
+// requests still in flight on the retired generation.
+type idleConns struct {
+	c interface{ CloseIdleConnections() }
+}
+
+func (i idleConns) Close() error { i.c.CloseIdleConnections(); return nil }

@@ -202,9 +202,19 @@ func (b *Backend) Stat(ctx context.Context, key string) (mirrors.Object, error) 
 	}
 	attrs, err := b.bucket.Object(key).Attrs(ctx)
 	if err != nil {
-		var ge *googleapi.Error
-		if errors.Is(err, storage.ErrObjectNotExist) || (errors.As(err, &ge) && ge.Code == http.StatusForbidden) {
+		if errors.Is(err, storage.ErrObjectNotExist) {
 			return mirrors.Object{Exists: false, Size: -1}, nil
+		}
+		var ge *googleapi.Error
+		if errors.As(err, &ge) {
+			if ge.Code == http.StatusForbidden {
+				// The selector takes a denied blob for an absent one; the credentials probe
+				// tells refused credentials from a missing object.
+				return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w: %w", key, b.name, mirrors.ErrDenied, err)
+			}
+			if te := mirrors.Throttled(ge.Code, ge.Header.Get("Retry-After"), time.Now()); te != nil {
+				return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w", key, b.name, te)
+			}
 		}
 		return mirrors.Object{}, fmt.Errorf("stat %s on mirror %q: %w", key, b.name, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
+	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
 const (
@@ -256,16 +258,20 @@ func TestStatStatus(t *testing.T) {
 	testenv.IsolateGCS(t)
 	keyFile, _ := testenv.ServiceAccountKey(t)
 	tests := []struct {
-		status   int
-		want     bool
-		wantSize int64
-		wantErr  bool
+		status     int
+		retryAfter string
+		want       bool
+		wantSize   int64
+		wantErr    bool
+		wantIs     error // errors.Is target, when set
+		throttled  bool
 	}{
 		{status: http.StatusOK, want: true, wantSize: 1234},
 		{status: http.StatusNotFound, want: false, wantSize: -1},
-		{status: http.StatusForbidden, want: false, wantSize: -1},
+		{status: http.StatusForbidden, wantErr: true, wantIs: mirrors.ErrDenied},
 		{status: http.StatusInternalServerError, wantErr: true},
 		{status: http.StatusServiceUnavailable, wantErr: true},
+		{status: http.StatusTooManyRequests, retryAfter: "7", wantErr: true, throttled: true},
 		{status: http.StatusUnauthorized, wantErr: true},
 	}
 	for _, tt := range tests {
@@ -275,6 +281,9 @@ func TestStatStatus(t *testing.T) {
 					t.Errorf("request %s %s, want %s", r.Method, r.URL.EscapedPath(), want)
 				}
 				w.Header().Set("Content-Type", "application/json")
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
 				w.WriteHeader(tt.status)
 				if tt.status == http.StatusOK {
 					fmt.Fprintf(w, `{"kind":"storage#object","bucket":"b","name":%q,"size":"1234"}`, testKey)
@@ -296,6 +305,13 @@ func TestStatStatus(t *testing.T) {
 					if !strings.Contains(err.Error(), s) {
 						t.Errorf("error %q does not contain %q", err, s)
 					}
+				}
+				if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+					t.Errorf("error %v is not %v", err, tt.wantIs)
+				}
+				var te *mirrors.ThrottledError
+				if errors.As(err, &te) != tt.throttled {
+					t.Errorf("error %v: throttled = %v, want %v", err, !tt.throttled, tt.throttled)
 				}
 				return
 			}

@@ -127,6 +127,15 @@ func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 		cfg.Region = "us-east-1"
 	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok && opts.HTTPClient == nil {
+			// The SDK's client hides its transport, so its idle connections could only time
+			// out; one of the Backend's own, over a copy of that transport (AWS_CA_BUNDLE
+			// included), lets Close release them. Redirects are answers, as with the SDK's.
+			o.HTTPClient = &http.Client{
+				Transport:     bc.GetTransport(),
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
+		}
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
 			// S3-compatible services rarely have wildcard DNS and certificates for
