@@ -304,6 +304,11 @@ func TestSoakRandomDigests(t *testing.T) {
 	if flood.failed != 0 || known.failed != 0 {
 		t.Errorf("failures: flood %d (%v), known blobs %d (%v)", flood.failed, flood.errs, known.failed, known.errs)
 	}
+	// presence.max_checks_per_second (200 by default) bounds the checks a flood can make, with
+	// one second's worth of burst.
+	if limit := int(200 * (d.Seconds() + 1) * 1.1); heads > limit {
+		t.Errorf("%d presence checks at the mirror in %v: more than the budget allows (%d)", heads, d, limit)
+	}
 }
 
 // SIGTERM in the middle of load, behind a load balancer that follows /readyz: two replicas, one
