@@ -16,6 +16,7 @@ apt_wanted=(
 	skopeo:skopeo
 	podman:podman
 	curl:curl
+	git:git
 	# podman runs as root with vfs storage in the tests; these are what it expects around it
 	# (apt installs them as its recommendations, listed here so a --no-install-recommends
 	# image gets them too).
