@@ -1,11 +1,16 @@
 package s3
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -175,3 +180,353 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// DefaultParallelParts is how many parts of one Upload are sent at once when
+// UploadOptions.Parallel is zero: enough that a part being acknowledged does not leave the
+// connection idle, few enough that an Upload holds little memory (Parallel × PartSize).
+const DefaultParallelParts = 2
+
+// maxParts is the most parts S3 accepts in one multipart upload.
+const maxParts = 10000
+
+// UploadOptions tune an Upload. The zero value uploads in DefaultPartSize parts, two at a time,
+// and neither resumes nor keeps anything after a failure.
+type UploadOptions struct {
+	// PartSize is the size of each part, and the size from which the upload is multipart.
+	// Zero: DefaultPartSize. S3 requires at least 5 MiB, and takes at most 10,000 parts: a
+	// blob larger than 10,000 × PartSize goes up in parts of the next whole MiB that fits.
+	PartSize int64
+	// Parallel is how many parts are in flight at once, each held in memory until S3 has
+	// acknowledged it. Zero: DefaultParallelParts.
+	Parallel int
+	// Progress, when set, is called with the number of bytes the HTTP client has just read
+	// from a part's body, signing passes and retries included: a sign of life for a stall
+	// watchdog, not a count of what is stored (UploadResult is).
+	Progress func(n int64)
+	// Resume continues the newest multipart upload of the key found in the bucket, keeping
+	// each of its parts whose size fits PartSize and whose ETag is the MD5 of the bytes read
+	// for it, and keeps an upload that fails on the service's side (a network failure, a
+	// deadline, a cancellation) for the next Upload to continue. A body that fails or has the
+	// wrong length still aborts the upload.
+	Resume bool
+}
+
+// UploadResult is what an Upload did.
+type UploadResult struct {
+	Sent    int64 // bytes sent and acknowledged in this call
+	Resumed int64 // bytes of parts already stored by an earlier upload, verified and kept
+	Parts   int   // parts of the object (0: a single PutObject)
+	// KeptParts counts the parts taken over from an earlier upload.
+	KeptParts int
+}
+
+// Upload streams size bytes from body into key, as Put does, but with its own multipart
+// upload: parts go up Parallel at a time, each read into memory first (S3 needs its length and
+// checksum before it is sent), so that the memory an Upload holds is Parallel × PartSize
+// whatever the size of the blob; Progress reports every byte the HTTP client reads; and with
+// Resume, an upload cut off by a lost connection or a killed process is continued rather than
+// started again. Before it completes an upload it has checked the body's length; after, the
+// stored object's size. The object appears only when the upload completes.
+func (b *Backend) Upload(ctx context.Context, key string, body io.Reader, size int64, o UploadOptions) (UploadResult, error) {
+	if size < 0 {
+		return UploadResult{}, fmt.Errorf("put %s on mirror %q: size %d", key, b.name, size)
+	}
+	if o.PartSize <= 0 {
+		o.PartSize = DefaultPartSize
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = DefaultParallelParts
+	}
+	if size > maxParts*o.PartSize {
+		// S3 takes at most maxParts parts: larger parts, in whole MiB, for such a blob.
+		o.PartSize = ((size+maxParts-1)/maxParts + 1<<20 - 1) >> 20 << 20
+	}
+	client := s3.New(b.client.Options(), func(so *s3.Options) { so.RetryMaxAttempts = writeAttempts })
+	u := &multipart{b: b, client: client, key: key, size: size, o: o}
+	var res UploadResult
+	var err error
+	if size < o.PartSize {
+		res, err = u.single(ctx, body)
+	} else {
+		res, err = u.run(ctx, body)
+	}
+	if err != nil {
+		if cerr := context.Cause(ctx); cerr != nil && !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w: %w", cerr, err)
+		}
+		return res, fmt.Errorf("put %s on mirror %q: %w", key, b.name, err)
+	}
+	return res, nil
+}
+
+// multipart is one Upload.
+type multipart struct {
+	b      *Backend
+	client *s3.Client
+	key    string
+	size   int64
+	o      UploadOptions
+}
+
+// bodyError marks a failure of the body being uploaded, as opposed to one of the service: the
+// upload is then aborted even with Resume, since what it stored so far may be the wrong bytes.
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return e.err.Error() }
+func (e bodyError) Unwrap() error { return e.err }
+
+// readPart reads exactly len(p) bytes of the body, then (last) checks that nothing follows.
+func readPart(r *exactReader, p []byte, last bool) error {
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return bodyError{err}
+	}
+	if last {
+		var one [1]byte
+		if _, err := r.Read(one[:]); err != io.EOF {
+			if err == nil {
+				err = errLong
+			}
+			return bodyError{err}
+		}
+	}
+	return nil
+}
+
+func (u *multipart) single(ctx context.Context, body io.Reader) (UploadResult, error) {
+	buf := make([]byte, u.size)
+	if err := readPart(&exactReader{ctx: ctx, r: body, left: u.size}, buf, true); err != nil {
+		return UploadResult{}, err
+	}
+	_, err := u.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        &u.b.bucket,
+		Key:           &u.key,
+		Body:          u.partBody(buf),
+		ContentLength: aws.Int64(u.size),
+		ContentType:   aws.String("application/octet-stream"),
+	})
+	if err != nil {
+		return UploadResult{}, err
+	}
+	return UploadResult{Sent: u.size}, nil
+}
+
+// partBody is buf as a request body that reports what the HTTP client reads of it.
+func (u *multipart) partBody(buf []byte) io.ReadSeeker {
+	if u.o.Progress == nil {
+		return bytes.NewReader(buf)
+	}
+	return &progressReader{r: bytes.NewReader(buf), f: u.o.Progress}
+}
+
+func (u *multipart) run(ctx context.Context, body io.Reader) (res UploadResult, err error) {
+	id, have := "", map[int32]types.Part(nil)
+	if u.o.Resume {
+		// A bucket that cannot be listed, or an upload whose parts cannot be, is started anew:
+		// resuming saves time, it is never needed for a correct copy.
+		if id, have = u.existing(ctx); id == "" {
+			have = nil
+		}
+	}
+	if id == "" {
+		out, err := u.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+			Bucket: &u.b.bucket, Key: &u.key, ContentType: aws.String("application/octet-stream"),
+		})
+		if err != nil {
+			return res, fmt.Errorf("create multipart upload: %w", err)
+		}
+		id = *out.UploadId
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if _, body := errors.AsType[bodyError](err); !u.o.Resume || body {
+			if aerr := u.b.abort(ctx, u.key, id); aerr != nil {
+				err = fmt.Errorf("%w; and abort: %w", err, aerr)
+			}
+		}
+	}()
+
+	nparts := int((u.size + u.o.PartSize - 1) / u.o.PartSize)
+	res.Parts = nparts
+	etags := make([]string, nparts)
+	free := make(chan []byte, u.o.Parallel)
+	for range u.o.Parallel {
+		free <- nil // allocated on first use: a short last part needs no full buffer
+	}
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		sent int64
+	)
+	r := &exactReader{ctx: pctx, r: body, left: u.size}
+	var readErr error
+	for i := range nparts {
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-pctx.Done():
+		}
+		if pctx.Err() != nil {
+			break
+		}
+		n := min(u.o.PartSize, u.size-int64(i)*u.o.PartSize)
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if readErr = readPart(r, buf, i == nparts-1); readErr != nil {
+			if pctx.Err() != nil {
+				// The read stopped because the upload did (a failed part, ctx): that is the
+				// error, not the body.
+				readErr = nil
+			}
+			cancel(readErr)
+			break
+		}
+		num := int32(i + 1)
+		if p, ok := have[num]; ok && aws.ToInt64(p.Size) == n && sameMD5(aws.ToString(p.ETag), buf) {
+			etags[i] = aws.ToString(p.ETag)
+			res.Resumed += n
+			res.KeptParts++
+			free <- buf
+			continue
+		}
+		wg.Go(func() {
+			out, err := u.client.UploadPart(pctx, &s3.UploadPartInput{
+				Bucket: &u.b.bucket, Key: &u.key, UploadId: &id,
+				PartNumber: &num, Body: u.partBody(buf), ContentLength: &n,
+			})
+			if err != nil {
+				cancel(fmt.Errorf("part %d: %w", num, err))
+			} else {
+				etags[num-1] = aws.ToString(out.ETag)
+				mu.Lock()
+				sent += n
+				mu.Unlock()
+			}
+			free <- buf
+		})
+	}
+	wg.Wait()
+	res.Sent = sent
+	if readErr != nil {
+		return res, readErr
+	}
+	if err := context.Cause(pctx); err != nil {
+		return res, err
+	}
+	parts := make([]types.CompletedPart, nparts)
+	for i, e := range etags {
+		parts[i] = types.CompletedPart{ETag: aws.String(e), PartNumber: aws.Int32(int32(i + 1))}
+	}
+	_, err = u.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: &u.b.bucket, Key: &u.key, UploadId: &id,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	})
+	if err != nil {
+		return res, fmt.Errorf("complete multipart upload: %w", err)
+	}
+	if err := u.verify(ctx); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// verify checks the completed object's size: parts taken over from an earlier upload were
+// checked one by one, and this is the check of the whole.
+func (u *multipart) verify(ctx context.Context) error {
+	out, err := u.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &u.b.bucket, Key: &u.key})
+	if err != nil {
+		return fmt.Errorf("check the completed object: %w", err)
+	}
+	if got := aws.ToInt64(out.ContentLength); got != u.size {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer cancel()
+		derr := u.b.Delete(dctx, u.key)
+		return errors.Join(fmt.Errorf("the completed object has %d bytes, want %d", got, u.size), derr)
+	}
+	return nil
+}
+
+// existing returns the newest multipart upload of the key and its parts by number, or "".
+func (u *multipart) existing(ctx context.Context) (string, map[int32]types.Part) {
+	var (
+		newest     string
+		newestTime time.Time
+		keyMarker  *string
+		idMarker   *string
+	)
+	for range 100 { // pages of up to 1000 uploads under the key as a prefix
+		out, err := u.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{
+			Bucket: &u.b.bucket, Prefix: &u.key, KeyMarker: keyMarker, UploadIdMarker: idMarker,
+		})
+		if err != nil {
+			return "", nil
+		}
+		for _, up := range out.Uploads {
+			if aws.ToString(up.Key) != u.key {
+				continue
+			}
+			if t := aws.ToTime(up.Initiated); newest == "" || t.After(newestTime) {
+				newest, newestTime = aws.ToString(up.UploadId), t
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			break
+		}
+		keyMarker, idMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+	if newest == "" {
+		return "", nil
+	}
+	parts := map[int32]types.Part{}
+	p := s3.NewListPartsPaginator(u.client, &s3.ListPartsInput{Bucket: &u.b.bucket, Key: &u.key, UploadId: &newest})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			var nsu *types.NoSuchUpload
+			if errors.As(err, &nsu) {
+				return "", nil // aborted or completed meanwhile
+			}
+			return newest, nil // continue it, sending every part again
+		}
+		for _, part := range out.Parts {
+			parts[aws.ToInt32(part.PartNumber)] = part
+		}
+	}
+	return newest, parts
+}
+
+// sameMD5 reports whether etag, as S3 returns it for a part, is the MD5 of data. An ETag that
+// is not a plain MD5 (parts encrypted with SSE-KMS have others) never matches: such a part is
+// sent again.
+func sameMD5(etag string, data []byte) bool {
+	etag = strings.Trim(etag, `"`)
+	if len(etag) != 2*md5.Size {
+		return false
+	}
+	sum := md5.Sum(data)
+	return strings.EqualFold(etag, hex.EncodeToString(sum[:]))
+}
+
+// progressReader reports every byte read through it.
+type progressReader struct {
+	r *bytes.Reader
+	f func(int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.f(int64(n))
+	}
+	return n, err
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) { return p.r.Seek(off, whence) }
