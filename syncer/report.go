@@ -37,9 +37,15 @@ type TargetReport struct {
 	Skipped string `json:"skipped,omitempty"`
 	Present int    `json:"present"` // blobs it already held
 	// Copied and CopiedBytes count the blobs written; in a dry run, those that would be.
-	Copied      int       `json:"copied"`
-	CopiedBytes int64     `json:"copied_bytes"`
-	Failed      []Problem `json:"failed,omitempty"`
+	Copied      int   `json:"copied"`
+	CopiedBytes int64 `json:"copied_bytes"`
+	// ResumedBytes are the bytes of copied blobs that were not sent again because an earlier,
+	// interrupted upload had stored them.
+	ResumedBytes int64 `json:"resumed_bytes,omitempty"`
+	// Seconds is how long the mirror was being written to: from the start of its first copy
+	// to the end of its last (copies overlap, so this is not their sum).
+	Seconds float64   `json:"seconds"`
+	Failed  []Problem `json:"failed,omitempty"`
 }
 
 // Skip is something left out on purpose.
@@ -94,7 +100,7 @@ func (r Report) WriteText(w io.Writer) error {
 			ew.printf("  mirror %s: skipped: %s\n", t.Name, t.Skipped)
 			continue
 		}
-		ew.printf("  mirror %s: %d present, %d %s (%s), %d failed\n", t.Name, t.Present, t.Copied, verb, bytesText(t.CopiedBytes), len(t.Failed))
+		ew.printf("  mirror %s: %d present, %d %s (%s%s), %d failed\n", t.Name, t.Present, t.Copied, verb, bytesText(t.CopiedBytes), t.rate(r.DryRun), len(t.Failed))
 		for _, f := range t.Failed {
 			ew.printf("    failed %s: %s\n", f.Digest, f.Reason)
 		}
@@ -106,6 +112,21 @@ func (r Report) WriteText(w io.Writer) error {
 		ew.printf("  skipped %s: %s\n", where(s.Repository, s.Ref, s.Digest), s.Reason)
 	}
 	return ew.err
+}
+
+// rate says how long the copies to t took and how fast they went, for the text report.
+func (t TargetReport) rate(dryRun bool) string {
+	if dryRun || t.Copied == 0 {
+		return ""
+	}
+	s := fmt.Sprintf(" in %.1fs", t.Seconds)
+	if t.Seconds > 0 {
+		s += ", " + bytesText(int64(float64(t.CopiedBytes-t.ResumedBytes)/t.Seconds)) + "/s"
+	}
+	if t.ResumedBytes > 0 {
+		s += ", " + bytesText(t.ResumedBytes) + " resumed"
+	}
+	return s
 }
 
 func where(repo, ref, digest string) string {

@@ -1,11 +1,13 @@
 package syncer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,10 +47,14 @@ type run struct {
 
 	mu        sync.Mutex
 	report    Report
+	spans     []span // by target, as r.report.Targets
 	manifests map[v1.Hash]bool
 	blobs     map[v1.Hash]*blob
 	order     []v1.Hash
 }
+
+// span is when a target was first and last being written to in a run.
+type span struct{ first, last time.Time }
 
 func (s *Syncer) newRun() *run {
 	r := &run{
@@ -62,6 +68,7 @@ func (s *Syncer) newRun() *run {
 	for _, t := range s.targets {
 		r.report.Targets = append(r.report.Targets, TargetReport{Name: t.Name})
 	}
+	r.spans = make([]span, len(s.targets))
 	for _, sk := range s.plan.Skipped {
 		r.report.Targets = append(r.report.Targets, TargetReport{Name: sk.Name, Skipped: sk.Reason})
 	}
@@ -121,6 +128,14 @@ func (s *Syncer) finish(ctx context.Context, r *run) (Report, error) {
 		return r.done(), fmt.Errorf("sync: %w", err)
 	}
 	r.report.Blobs = len(r.order)
+	// Small blobs first: a config or a small layer is done in a moment, and must not wait
+	// for a slot behind layers of gigabytes. Ties keep the manifests' order.
+	slices.SortStableFunc(r.order, func(a, b v1.Hash) int { return cmp.Compare(r.blobs[a].desc.Size, r.blobs[b].desc.Size) })
+	var planned int64
+	for _, h := range r.order {
+		planned += r.blobs[h].desc.Size
+	}
+	s.opts.Progress.plan(len(r.order), planned)
 
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(s.opts.Concurrency)
@@ -131,6 +146,7 @@ func (s *Syncer) finish(ctx context.Context, r *run) (Report, error) {
 			select {
 			case <-stop:
 				r.notStarted()
+				s.opts.Progress.settle(b.desc.Size)
 				return nil
 			default:
 			}
@@ -176,7 +192,14 @@ func (r *run) done() Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.report.Seconds = time.Since(r.start).Seconds()
-	return r.report
+	rep := r.report
+	rep.Targets = slices.Clone(rep.Targets)
+	for i, sp := range r.spans {
+		if !sp.first.IsZero() {
+			rep.Targets[i].Seconds = sp.last.Sub(sp.first).Seconds()
+		}
+	}
+	return rep
 }
 
 func refString(rf name.Reference) string { return rf.Identifier() }
@@ -270,27 +293,45 @@ func (r *run) add(rf ref, repo name.Repository, d v1.Descriptor) {
 	r.order = append(r.order, d.Digest)
 }
 
-// tally records one blob's outcome on target i.
-func (r *run) tally(i int, b *blob, copied bool, err error) {
+// tally records one blob's outcome on target i: copied (or, in a dry run, to be copied) when
+// o is not nil, present otherwise.
+func (r *run) tally(i int, b *blob, o *outcome) {
 	d := b.desc.Digest.String()
 	t := r.s.targets[i]
 	r.mu.Lock()
 	tr := &r.report.Targets[i]
+	var err error
 	switch {
-	case err != nil:
+	case o == nil:
+		tr.Present++
+	case o.err != nil:
+		err = o.err
 		tr.Failed = append(tr.Failed, Problem{Digest: d, Reason: brief.Error(err, maxReason)})
-	case copied:
+	default:
 		tr.Copied++
 		tr.CopiedBytes += b.desc.Size
-	default:
-		tr.Present++
+		tr.ResumedBytes += o.resumed
+	}
+	if o != nil && !o.start.IsZero() {
+		sp := &r.spans[i]
+		if sp.first.IsZero() || o.start.Before(sp.first) {
+			sp.first = o.start
+		}
+		if o.end.After(sp.last) {
+			sp.last = o.end
+		}
 	}
 	r.mu.Unlock()
 	switch {
 	case err != nil:
 		r.s.log.Warn("sync: blob failed", slog.String("mirror", t.Name), slog.String("digest", d), slog.String("err", brief.Error(err, maxReason)))
-	case copied && !r.s.opts.DryRun:
-		r.s.log.Debug("sync: blob copied", slog.String("mirror", t.Name), slog.String("digest", d), slog.Int64("bytes", b.desc.Size))
+	case o != nil && !r.s.opts.DryRun:
+		attrs := []any{slog.String("mirror", t.Name), slog.String("digest", d), slog.Int64("bytes", b.desc.Size),
+			slog.Duration("took", o.end.Sub(o.start).Round(time.Millisecond))}
+		if o.resumed > 0 {
+			attrs = append(attrs, slog.Int64("resumed_bytes", o.resumed))
+		}
+		r.s.log.Debug("sync: blob copied", attrs...)
 	}
 }
 
@@ -309,22 +350,23 @@ func (r *run) copyBlob(ctx context.Context, p *remote.Puller, b *blob) {
 		}
 		switch {
 		case err != nil:
-			r.tally(i, b, false, fmt.Errorf("stat: %w", err))
+			r.tally(i, b, &outcome{err: fmt.Errorf("stat: %w", err)})
 		case obj.Exists && (obj.Size < 0 || obj.Size == b.desc.Size):
-			r.tally(i, b, false, nil)
+			r.tally(i, b, nil)
 		case r.s.opts.DryRun:
-			r.tally(i, b, true, nil)
+			r.tally(i, b, &outcome{})
 		default:
 			// Absent, or stored with the wrong size: written again.
 			missing = append(missing, i)
 		}
 	}
 	if len(missing) == 0 {
+		r.s.opts.Progress.settle(b.desc.Size)
 		return
 	}
-	errs := r.transfer(ctx, p, b, missing)
+	outs := r.transfer(ctx, p, b, missing)
 	for j, i := range missing {
-		r.tally(i, b, errs[j] == nil, errs[j])
+		r.tally(i, b, &outs[j])
 	}
 }
 

@@ -8,6 +8,8 @@
 package syncer
 
 import (
+	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -25,6 +27,20 @@ type Target struct {
 	Name   string
 	Prefix string
 	Writer mirrors.Writer
+	// Uploader, when set, stores the blobs instead of Writer.Put (Writer still checks and
+	// deletes them): one that reports progress, so that a stall is told from a slow mirror by
+	// the bytes it sends rather than by those it takes, and that may resume an upload an
+	// earlier run left unfinished.
+	Uploader Uploader
+}
+
+// Uploader stores blobs in one mirror. Upload has Put's contract (mirrors.Writer): exactly size
+// bytes from body under key, no object unless they all arrived, and an error when body fails or
+// has another length. It also calls progress, from any goroutine, whenever bytes move towards
+// the mirror (any count: it is a sign of life, not a tally), and returns how many bytes of the
+// blob it did not send because an earlier, interrupted upload had stored them.
+type Uploader interface {
+	Upload(ctx context.Context, key string, body io.Reader, size int64, progress func(n int64)) (resumed int64, err error)
 }
 
 // DefaultConcurrency is how many blobs are copied (and manifests read) at once when
@@ -32,15 +48,11 @@ type Target struct {
 const DefaultConcurrency = 4
 
 // DefaultTimeout bounds one metadata call (a tag list, a manifest, a presence check, a delete)
-// when Options.Timeout is zero.
+// when Options.Timeout is zero. Blob copies have no deadline: see Options.Stall.
 const DefaultTimeout = 30 * time.Second
 
-// minRate is the slowest transfer, in bytes per second, that a blob copy is allowed before its
-// deadline ends it: a copy gets Timeout plus size/minRate.
-const minRate = 1 << 20
-
 // Options tune a Syncer. The zero value copies four blobs at a time with the machine's registry
-// credentials.
+// credentials, failing a copy that moves no byte for a minute.
 type Options struct {
 	// Concurrency is how many blobs are copied at once, each to every target that lacks it, and
 	// how many manifests are read at once. Zero: DefaultConcurrency.
@@ -57,9 +69,14 @@ type Options struct {
 	// passes the upstream clients that proxy mode uses, which do the token flow with each
 	// route's credentials.
 	Transport http.RoundTripper
-	// Timeout bounds each metadata call; a blob copy gets Timeout plus one second per MiB.
-	// Zero: DefaultTimeout.
+	// Timeout bounds each metadata call. Zero: DefaultTimeout.
 	Timeout time.Duration
+	// Stall ends a blob copy, on one mirror or (the upstream's) on all, once it has moved no
+	// byte for this long; a copy that keeps moving takes as long as it needs. Zero:
+	// DefaultStall.
+	Stall time.Duration
+	// Progress, when set, is kept up to date with every copy, for a display. Nil: none.
+	Progress *Progress
 }
 
 // Plan is what a Syncer copies, as the configuration says (internal/app translates it).
@@ -101,6 +118,9 @@ func New(plan Plan, ups *upstream.Table, targets []Target, opts Options) *Syncer
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
+	}
+	if opts.Stall <= 0 {
+		opts.Stall = DefaultStall
 	}
 	if opts.Keychain == nil {
 		opts.Keychain = authn.NewMultiKeychain() // resolves every registry to anonymous

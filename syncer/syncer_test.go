@@ -513,7 +513,7 @@ func TestReportJSONAndText(t *testing.T) {
 	rep := Report{
 		Blobs: 3, Manifests: 1, Seconds: 1.25,
 		Targets: []TargetReport{
-			{Name: "s3-us", Present: 1, Copied: 1, CopiedBytes: 3 << 20, Failed: []Problem{{Digest: "sha256:abc", Reason: "put: denied"}}},
+			{Name: "s3-us", Present: 1, Copied: 1, CopiedBytes: 3 << 20, ResumedBytes: 1 << 20, Seconds: 2, Failed: []Problem{{Digest: "sha256:abc", Reason: "put: denied"}}},
 			{Name: "web", Skipped: "not writable (http mirror)"},
 		},
 		Skipped: []Skip{{Repository: "app", Ref: "2.0", Reason: "tag matches none of 1.*"}},
@@ -535,7 +535,7 @@ func TestReportJSONAndText(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `sync: 1 manifests, 3 blobs, 2 failures in 1.2s
-  mirror s3-us: 1 present, 1 copied (3.0 MiB), 1 failed
+  mirror s3-us: 1 present, 1 copied (3.0 MiB in 2.0s, 1.0 MiB/s, 1.0 MiB resumed), 1 failed
     failed sha256:abc: put: denied
   mirror web: skipped: not writable (http mirror)
   error lib: list tags: unauthorized

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -19,67 +21,183 @@ import (
 // hash to its digest, so that they abandon the upload rather than complete it.
 var errMismatch = errors.New("upstream sent content that does not match the digest")
 
-// transfer downloads b once and streams it into the targets listed (indexes into r.s.targets)
-// at the same time, checking its size and digest as it goes. The slowest target paces the
-// download; a target that fails drops out without stopping the others. Only when the whole blob
-// has arrived and checks out do the targets' uploads see its end; otherwise (wrong bytes, a body
-// that ends early or fails, a deadline) they fail, and the key is deleted on every target in case
-// one stored something anyway. It returns one error per target.
-func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets []int) []error {
-	errs := make([]error, len(targets))
-	setAll := func(err error) {
-		for j := range errs {
-			errs[j] = err
+// Sizes of the buffers between the upstream read and the uploads.
+const (
+	// chunkBytes is one read of the upstream, shared by every upload that takes it.
+	chunkBytes = 256 << 10
+	// queueChunks is how far (in chunks, 2 MiB) an upload may lag behind the upstream read
+	// before that read waits for it: a mirror that is busy sending a part or chunk does not
+	// hold up the others until it is that far behind. Each upload holds its own part or chunk
+	// buffers besides (see mirrors/s3.UploadOptions, mirrors/gcs.UploadOptions).
+	queueChunks = 8
+)
+
+// outcome is one target's part of a transfer.
+type outcome struct {
+	err     error
+	resumed int64 // bytes the target already held from an earlier, interrupted upload
+	start   time.Time
+	end     time.Time
+}
+
+// chunk is one read of the upstream, passed to every upload; the last upload to be done with it
+// returns it to its pool.
+type chunk struct {
+	buf  []byte
+	refs atomic.Int32
+	pool chan []byte
+}
+
+func (c *chunk) release() {
+	if c.refs.Add(-1) == 0 {
+		select {
+		case c.pool <- c.buf[:cap(c.buf)]:
+		default:
 		}
 	}
+}
+
+// feed is one upload's side of a transfer: the chunks it has yet to take, and how far it got.
+type feed struct {
+	ch    chan *chunk
+	done  chan struct{} // closed when the upload has returned
+	live  *liveness
+	taken atomic.Int64 // bytes the upload has read
+	dead  bool         // the tee's view: the upload returned; send it nothing more
+	// end is what the upload reads after the last chunk: io.EOF for a blob that checked out,
+	// the reason otherwise. Set before ch is closed.
+	end error
+	ctx context.Context
+}
+
+// feedReader is what an upload reads: the chunks of its feed, in order.
+type feedReader struct {
+	f   *feed
+	cur *chunk
+	off int
+}
+
+func (r *feedReader) Read(p []byte) (int, error) {
+	if r.cur == nil {
+		resume := r.f.live.pause() // waiting for the upstream is not the mirror's stall
+		var (
+			c  *chunk
+			ok bool
+		)
+		select {
+		case c, ok = <-r.f.ch:
+		case <-r.f.ctx.Done():
+			resume()
+			return 0, context.Cause(r.f.ctx)
+		}
+		resume()
+		if !ok {
+			return 0, r.f.end
+		}
+		r.cur, r.off = c, 0
+	}
+	n := copy(p, r.cur.buf[r.off:])
+	r.off += n
+	if r.off == len(r.cur.buf) {
+		r.cur.release()
+		r.cur = nil
+	}
+	r.f.taken.Add(int64(n))
+	r.f.live.touch()
+	return n, nil
+}
+
+// transfer downloads b once and streams it into the targets listed (indexes into r.s.targets)
+// at the same time, checking its size and digest as it goes. The download goes as fast as the
+// slowest target takes it, each target lagging at most queueChunks behind the download; a
+// target that fails or stalls drops out without stopping the others. Only when the whole blob
+// has arrived and checks out do the targets' uploads see its end; otherwise (wrong bytes, a body
+// that ends early, fails or stalls) they fail, and the key is deleted on every target in case
+// one stored something anyway. There is no deadline for the whole copy: each side fails when it
+// has moved no byte for Options.Stall (see liveness). It returns one outcome per target.
+func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets []int) []outcome {
+	outs := make([]outcome, len(targets))
+	start := time.Now()
+	setAll := func(err error) []outcome {
+		for j := range outs {
+			outs[j] = outcome{err: err, start: start, end: time.Now()}
+		}
+		return outs
+	}
 	size := b.desc.Size
-	ctx, cancel := context.WithTimeout(ctx, r.s.opts.Timeout+time.Duration(size/minRate)*time.Second)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	up := newLiveness(start)
+	feeds := make([]*feed, len(targets))
+	sides := []*liveness{up}
+	stops := []func(error){cancel}
+	names := []string{"upstream"}
+	cancels := make([]context.CancelCauseFunc, len(targets))
+	for j, i := range targets {
+		fctx, fcancel := context.WithCancelCause(ctx)
+		cancels[j] = fcancel
+		feeds[j] = &feed{ch: make(chan *chunk, queueChunks), done: make(chan struct{}), live: newLiveness(start), ctx: fctx}
+		sides = append(sides, feeds[j].live)
+		stops = append(stops, fcancel)
+		names = append(names, "mirror "+r.s.targets[i].Name)
+	}
+	defer func() {
+		for _, c := range cancels {
+			c(nil)
+		}
+	}()
+	wctx, wcancel := context.WithCancel(ctx)
+	go watch(wctx, r.s.opts.Stall, sides, stops, names)
+	defer wcancel()
+
+	prog := r.s.opts.Progress.start(b.desc.Digest.String(), size, feeds)
+	defer prog.finish()
+
 	dref := b.repo.Digest(b.desc.Digest.String())
-	layer, err := p.Layer(ctx, dref)
+	layer, err := p.Layer(connWait(ctx, up), dref)
 	if err != nil {
-		setAll(fmt.Errorf("fetch from upstream: %w", err))
-		return errs
+		return setAll(fmt.Errorf("fetch from upstream: %w", causeOf(ctx, err)))
 	}
 	body, err := layer.Compressed()
 	if err != nil {
-		setAll(fmt.Errorf("fetch from upstream: %w", err))
-		return errs
+		return setAll(fmt.Errorf("fetch from upstream: %w", causeOf(ctx, err)))
 	}
 	defer body.Close()
 
-	type upload struct {
-		pw   *io.PipeWriter
-		done chan error
-		dead bool
-		key  string
-	}
-	ups := make([]*upload, len(targets))
+	var wg sync.WaitGroup
 	for j, i := range targets {
-		t := r.s.targets[i]
-		pr, pw := io.Pipe()
-		u := &upload{pw: pw, done: make(chan error, 1), key: mirrors.Key(t.Prefix, mustDigest(b.desc.Digest))}
-		ups[j] = u
-		go func() {
-			err := t.Writer.Put(ctx, u.key, pr, size)
-			if err == nil {
-				err = errors.New("upload ended before the blob did") // unblocks the writer
-				pr.CloseWithError(err)
-				u.done <- nil
-				return
+		t, f := r.s.targets[i], feeds[j]
+		key := mirrors.Key(t.Prefix, mustDigest(b.desc.Digest))
+		wg.Go(func() {
+			defer f.live.pause() // done: nothing more to charge
+			defer close(f.done)
+			o := &outs[j]
+			o.start = time.Now()
+			o.resumed, o.err = r.upload(f.ctx, t, key, &feedReader{f: f}, size, f.live.touch)
+			o.end = time.Now()
+			if o.err == nil && f.taken.Load() < size {
+				o.err = errors.New("upload ended before the blob did")
 			}
-			pr.CloseWithError(err)
-			u.done <- err
-		}()
+			if o.err != nil {
+				o.err = fmt.Errorf("put: %w", causeOf(f.ctx, o.err))
+			}
+		})
 	}
 
+	pool := make(chan []byte, queueChunks+2)
 	h := newHash(b.desc.Digest.Algorithm)
-	buf := make([]byte, 256<<10)
 	var n int64
 	var readErr error
 	stopped := false // every target failed: reading on is pointless
-	for {
-		m, err := body.Read(buf)
+	for readErr == nil {
+		var buf []byte
+		select {
+		case buf = <-pool:
+		default:
+			buf = make([]byte, min(chunkBytes, max(size, 1)))
+		}
+		m, err := readChunk(body, buf, up)
 		if m > 0 {
 			h.Write(buf[:m])
 			n += int64(m)
@@ -87,17 +205,25 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 				readErr = errMismatch
 				break
 			}
+			c := &chunk{buf: buf[:m], pool: pool}
+			c.refs.Store(1) // the tee's own, dropped below
 			live := 0
-			for _, u := range ups {
-				if u.dead {
+			resume := up.pause() // waiting for a mirror is not the upstream's stall
+			for _, f := range feeds {
+				if f.dead {
 					continue
 				}
-				if _, werr := u.pw.Write(buf[:m]); werr != nil {
-					u.dead = true
-					continue
+				c.refs.Add(1)
+				select {
+				case f.ch <- c:
+					live++
+				case <-f.done:
+					f.dead = true
+					c.release()
 				}
-				live++
 			}
+			resume()
+			c.release()
 			if live == 0 {
 				stopped = true
 				break
@@ -107,10 +233,10 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 			break
 		}
 		if err != nil {
-			readErr = err
-			break
+			readErr = causeOf(ctx, err)
 		}
 	}
+	up.pause() // the upstream's part is over: waiting for the uploads to finish is theirs
 	got := fmt.Sprintf("%s:%x", b.desc.Digest.Algorithm, h.Sum(nil))
 	// go-containerregistry checks the digest too and reports a mismatch as a read error at the
 	// end; judged here from the bytes, so that the reason is the same either way.
@@ -119,42 +245,73 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 	} else if readErr == nil && n < size && !stopped {
 		readErr = fmt.Errorf("upstream sent %d of %d bytes", n, size)
 	}
-	for _, u := range ups {
+	for _, f := range feeds {
+		f.end = io.EOF
 		if readErr != nil {
-			u.pw.CloseWithError(readErr)
-		} else {
-			u.pw.Close()
+			f.end = readErr
 		}
+		close(f.ch)
 	}
-	for j, u := range ups {
-		perr := <-u.done
+	wg.Wait()
+	for j := range outs {
 		switch {
+		case errors.Is(readErr, errMismatch):
+			outs[j].err = readErr
 		case readErr != nil:
-			errs[j] = readErr
-			if !errors.Is(readErr, errMismatch) {
-				errs[j] = fmt.Errorf("fetch from upstream: %w", readErr)
-			}
-		case perr != nil:
-			errs[j] = fmt.Errorf("put: %w", perr)
+			outs[j].err = fmt.Errorf("fetch from upstream: %w", readErr)
 		}
 	}
 	if readErr != nil {
 		// The targets' uploads read an error instead of the blob's end and should have stored
 		// nothing, but a backend that keeps what it read may have.
 		for j, i := range targets {
-			if err := r.discard(ctx, r.s.targets[i], ups[j].key, size, errors.Is(readErr, errMismatch)); err != nil {
-				errs[j] = fmt.Errorf("%w; and delete: %w", errs[j], err)
+			key := mirrors.Key(r.s.targets[i].Prefix, mustDigest(b.desc.Digest))
+			if err := r.discard(ctx, r.s.targets[i], key, size, errors.Is(readErr, errMismatch)); err != nil {
+				outs[j].err = fmt.Errorf("%w; and delete: %w", outs[j].err, err)
 			}
 		}
 	}
-	return errs
+	return outs
+}
+
+// readChunk fills buf from body as far as it goes, recording progress on up with every read.
+func readChunk(body io.Reader, buf []byte, up *liveness) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := body.Read(buf[n:])
+		n += m
+		if m > 0 {
+			up.touch()
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// upload stores size bytes of body under key on t, with its Uploader when it has one.
+func (r *run) upload(ctx context.Context, t Target, key string, body io.Reader, size int64, progress func()) (int64, error) {
+	if t.Uploader != nil {
+		return t.Uploader.Upload(ctx, key, body, size, func(int64) { progress() })
+	}
+	return 0, t.Writer.Put(ctx, key, body, size)
+}
+
+// causeOf puts the reason ctx ended (a stall, say) in front of err, which often says only
+// "context canceled".
+func causeOf(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+		return fmt.Errorf("%w: %w", cause, err)
+	}
+	return err
 }
 
 // discard deletes key from t after a transfer of a blob of size bytes failed on the upstream's
-// side, on a context of its own: a copy cut off by its deadline must still clean up. After wrong
-// bytes (mismatch) the key goes whatever it holds. After a body that ended early or failed, an
-// object of the blob's full size cannot have come from this transfer, which passed on fewer
-// bytes: another run copied the same blob meanwhile, and it stays.
+// side, on a context of its own: a copy cut off must still clean up. After wrong bytes
+// (mismatch) the key goes whatever it holds. After a body that ended early or failed, an object
+// of the blob's full size cannot have come from this transfer, which passed on fewer bytes:
+// another run copied the same blob meanwhile, and it stays.
 func (r *run) discard(ctx context.Context, t Target, key string, size int64, mismatch bool) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.s.opts.Timeout)
 	defer cancel()

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/mirrors"
+	"github.com/happy-turtle/oci-proxy/mirrors/gcs"
+	"github.com/happy-turtle/oci-proxy/mirrors/s3"
 	"github.com/happy-turtle/oci-proxy/syncer"
 	"github.com/happy-turtle/oci-proxy/syncer/webhook"
 	"github.com/happy-turtle/oci-proxy/upstream"
@@ -22,10 +25,27 @@ import (
 )
 
 // SyncOptions configure a Sync. The zero value copies with syncer.DefaultConcurrency, prints
-// text reports to nowhere and logs nothing.
+// text reports to nowhere, logs nothing and shows no progress.
 type SyncOptions struct {
 	DryRun      bool
 	Concurrency int // blobs copied at once; 0: syncer.DefaultConcurrency
+	// PartSize is the size of an S3 part, held in memory while it is sent. 0: DefaultPartSize.
+	PartSize int64
+	// GCSChunkSize, when set, sends blobs to GCS mirrors in chunks of this size, each held in
+	// memory so that it can be sent again after a transient error. 0: each blob in one
+	// streamed request, which holds none of it.
+	GCSChunkSize int64
+	// Parallel is how many parts of one blob go to an S3 mirror at once. 0: DefaultParallel.
+	Parallel int
+	// Stall ends a copy that has moved no byte for this long. 0: syncer.DefaultStall.
+	Stall time.Duration
+	// Progress is how copies are shown while they run: ProgressNone, ProgressBars on
+	// ProgressOut (a terminal), or ProgressLog, a line every ProgressEvery to ProgressLogger
+	// (Logger when nil).
+	Progress       ProgressMode
+	ProgressOut    io.Writer
+	ProgressLogger *slog.Logger
+	ProgressEvery  time.Duration // 0: DefaultProgressEvery
 	// Reports receives one report per run, as text or (JSON) one JSON object per line.
 	Reports io.Writer
 	JSON    bool
@@ -38,6 +58,32 @@ type SyncOptions struct {
 // DefaultSyncConcurrency is how many blobs `oci-proxy sync` copies at once.
 const DefaultSyncConcurrency = syncer.DefaultConcurrency
 
+// DefaultPartSize is the S3 part size of `oci-proxy sync`: S3's 5 MiB minimum rounded up to a
+// power of two, large enough that a part's request overhead is small and that blobs of up to
+// 78 GiB fit S3's 10,000 parts (larger ones get larger parts), small enough that what one copy
+// holds in memory stays small.
+const DefaultPartSize = 8 << 20
+
+// DefaultParallel is how many parts of one blob go to an S3 mirror at once: two keep a
+// connection busy while the other part is acknowledged, and the blobs copied at once
+// (--concurrency) add their own.
+const DefaultParallel = 2
+
+// DefaultStall is how long a copy of `oci-proxy sync` may move no byte before it fails.
+const DefaultStall = syncer.DefaultStall
+
+// DefaultProgressEvery is how often progress is logged without a terminal.
+const DefaultProgressEvery = 10 * time.Second
+
+// ProgressMode is how a Sync shows its copies while they run.
+type ProgressMode int
+
+const (
+	ProgressNone ProgressMode = iota // nothing but the report
+	ProgressBars                     // bars on a terminal
+	ProgressLog                      // periodic log lines
+)
+
 // DefaultStopTimeout is how long `oci-proxy sync` lets copies in flight finish after SIGTERM: long
 // enough for a large layer, shorter than the patience of most process managers' kill timers
 // (Kubernetes' default grace is 30 s; set terminationGracePeriodSeconds to match).
@@ -45,13 +91,14 @@ const DefaultStopTimeout = 5 * time.Minute
 
 // Sync is `oci-proxy sync`: the syncer built from a configuration, run once or as a daemon.
 type Sync struct {
-	cfg     *config.Config
-	ups     *upstream.Table
-	syncer  *syncer.Syncer
-	closer  io.Closer
-	opts    SyncOptions
-	log     *slog.Logger
-	reports sync.Mutex // one report printed at a time
+	cfg      *config.Config
+	ups      *upstream.Table
+	syncer   *syncer.Syncer
+	progress *syncer.Progress // nil: none shown
+	closer   io.Closer
+	opts     SyncOptions
+	log      *slog.Logger
+	reports  sync.Mutex // one report printed at a time
 }
 
 // NewSync builds the syncer for cfg: its writable mirrors as targets, its upstream routes as
@@ -83,13 +130,89 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 		closer.Close()
 		return nil, err
 	}
+	if opts.PartSize <= 0 {
+		opts.PartSize = DefaultPartSize
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
+	if opts.ProgressEvery <= 0 {
+		opts.ProgressEvery = DefaultProgressEvery
+	}
+	for i := range targets {
+		targets[i].Uploader = uploaderOf(targets[i].Writer, opts)
+	}
+	var progress *syncer.Progress
+	if opts.Progress != ProgressNone {
+		progress = &syncer.Progress{}
+	}
 	s := syncer.New(syncPlan(cfg, targets), ups, targets, syncer.Options{
-		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log,
+		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log, Stall: opts.Stall, Progress: progress,
 		// The upstream clients authenticate (no Keychain: go-containerregistry's own token flow
 		// must not).
 		Transport: clients,
 	})
-	return &Sync{cfg: cfg, ups: ups, syncer: s, closer: closeAll{closer, clients}, opts: opts, log: log}, nil
+	return &Sync{cfg: cfg, ups: ups, syncer: s, progress: progress, closer: closeAll{closer, clients}, opts: opts, log: log}, nil
+}
+
+// uploaderOf is the syncer's Uploader for a mirror's writer: the S3 and GCS backends' own
+// uploads, tuned by opts, which report progress and (S3) resume. Other writers have none and
+// are written with Put.
+func uploaderOf(w mirrors.Writer, opts SyncOptions) syncer.Uploader {
+	switch b := w.(type) {
+	case *s3.Backend:
+		return s3Uploader{b: b, o: s3.UploadOptions{PartSize: opts.PartSize, Parallel: opts.Parallel, Resume: true}}
+	case *gcs.Backend:
+		return gcsUploader{b: b, o: gcs.UploadOptions{ChunkSize: int(opts.GCSChunkSize)}}
+	}
+	return nil
+}
+
+type s3Uploader struct {
+	b *s3.Backend
+	o s3.UploadOptions
+}
+
+func (u s3Uploader) Upload(ctx context.Context, key string, body io.Reader, size int64, progress func(int64)) (int64, error) {
+	o := u.o
+	o.Progress = progress
+	res, err := u.b.Upload(ctx, key, body, size, o)
+	return res.Resumed, err
+}
+
+type gcsUploader struct {
+	b *gcs.Backend
+	o gcs.UploadOptions
+}
+
+func (u gcsUploader) Upload(ctx context.Context, key string, body io.Reader, size int64, progress func(int64)) (int64, error) {
+	o := u.o
+	o.Progress = progress
+	return 0, u.b.Upload(ctx, key, body, size, o)
+}
+
+// showProgress displays the copies as opts say until ctx ends, and returns a function that
+// stops the display and waits for it to clear.
+func (s *Sync) showProgress(ctx context.Context) (stop func()) {
+	if s.progress == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		switch s.opts.Progress {
+		case ProgressBars:
+			syncer.ShowBars(ctx, s.progress, s.opts.ProgressOut)
+		case ProgressLog:
+			log := s.opts.ProgressLogger
+			if log == nil {
+				log = s.log
+			}
+			syncer.LogProgress(ctx, s.progress, log, s.opts.ProgressEvery)
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // Close releases the mirrors' clients.
@@ -119,6 +242,7 @@ func (s *Sync) Once(ctx context.Context) error {
 		err error
 	)
 	finished := make(chan struct{})
+	stopProgress := s.showProgress(context.WithoutCancel(ctx))
 	life.Go(func(work context.Context) {
 		defer close(finished)
 		rep, err = s.syncer.All(syncer.WithStop(work, ctx.Done()))
@@ -131,6 +255,7 @@ func (s *Sync) Once(ctx context.Context) error {
 	if !life.Stop(s.opts.StopTimeout) {
 		s.log.Warn("sync: copies cut off after the stop timeout", slog.Duration("timeout", s.opts.StopTimeout))
 	}
+	stopProgress()
 	s.show(rep)
 	if err != nil {
 		return err
@@ -155,6 +280,7 @@ func (s *Sync) Run(ctx context.Context, every time.Duration, listen string) erro
 			return err
 		}
 	}
+	defer s.showProgress(life.work)()
 	life.Go(func(work context.Context) { s.schedule(life.stopping, work, every) })
 	<-ctx.Done()
 	s.log.Info("sync: stopping; waiting for copies in flight", slog.Duration("timeout", s.opts.StopTimeout))
