@@ -18,6 +18,8 @@ import (
 	"github.com/happy-turtle/oci-proxy/geo"
 )
 
+// BenchmarkGeoIPLookup is the common lookup: City and ASN records of an address seen before, so
+// both come from the record cache.
 func BenchmarkGeoIPLookup(b *testing.B) {
 	g := openTestGeoIP(b)
 	ip := addr("81.2.69.142")
@@ -27,6 +29,48 @@ func BenchmarkGeoIPLookup(b *testing.B) {
 			b.Fatal("wrong country")
 		}
 	}
+}
+
+// BenchmarkGeoIPLookupSpread looks up addresses spread over a City database of 20,000 distinct
+// records, five times what the record cache holds, in turn, so that most lookups decode theirs.
+func BenchmarkGeoIPLookupSpread(b *testing.B) {
+	g, probes := spreadDatabase(b)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		g.Lookup(probes[i%len(probes)])
+		i++
+	}
+}
+
+// BenchmarkGeoIPFullDecode is the reference for the two above: what a lookup cost when it decoded
+// whole City and ASN records with geoip2 (names in eight languages, subdivisions, traits).
+func BenchmarkGeoIPFullDecode(b *testing.B) {
+	city, asn := openGeoIP2(b, cityDB), openGeoIP2(b, asnDB)
+	ip := addr("81.2.69.142")
+	b.ReportAllocs()
+	for b.Loop() {
+		if fullDecode(b, city, asn, ip).Country != "GB" {
+			b.Fatal("wrong country")
+		}
+	}
+}
+
+// spreadDatabase opens a City database of 20,000 records on 50,000 networks, with 65,536
+// addresses in its IPv4 networks to look up.
+func spreadDatabase(b *testing.B) (*geo.GeoIP, []netip.Addr) {
+	path := largeCityDatabase(b, b.TempDir(), 40_000, 10_000, 20_000)
+	g, err := geo.OpenGeoIP(path, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { g.Close() })
+	rng := rand.New(rand.NewPCG(9, 10))
+	probes := make([]netip.Addr, 1<<16)
+	for i := range probes {
+		probes[i] = netip.AddrFrom4([4]byte{1, byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())})
+	}
+	return g, probes
 }
 
 // benchTable is a table the size of AWS's and Google's published ranges together, nested.

@@ -9,8 +9,10 @@ import (
 	"os"
 	"sync/atomic"
 
-	"github.com/happy-turtle/oci-proxy/geo/codes"
 	"github.com/oschwald/geoip2-golang/v2"
+	"github.com/oschwald/maxminddb-golang/v2"
+
+	"github.com/happy-turtle/oci-proxy/geo/codes"
 )
 
 // maxDatabaseSize bounds what OpenGeoIP reads into memory. GeoLite2 City is under 100 MB and the
@@ -26,6 +28,9 @@ const maxDatabaseSize = 1 << 30
 // file can be rewritten at will; a reload reads it again and refuses it if it is broken. The cost
 // is the files' size in heap for each open GeoIP, so twice that while a reload retires the old one.
 //
+// A lookup decodes only what a Location needs, and remembers decoded records by their place in
+// the database (recordCache), so that the common lookup walks the search tree and decodes nothing.
+//
 // Close forgets the databases: lookups in flight finish on the copy they hold, later ones find
 // nothing. That lets a reload swap in a new GeoIP and close the old one while requests still hold
 // it.
@@ -34,8 +39,10 @@ type GeoIP struct {
 }
 
 type databases struct {
-	city *geoip2.Reader // City or Country; nil when not configured
-	asn  *geoip2.Reader // nil when not configured
+	city      *maxminddb.Reader // City or Country; nil when not configured
+	asn       *maxminddb.Reader // nil when not configured
+	cityCache recordCache[cityRecord]
+	asnCache  recordCache[asnRecord]
 }
 
 // OpenGeoIP reads the databases; either path may be "" to go without it. cityPath may name a City
@@ -43,7 +50,7 @@ type databases struct {
 // carrying country data such as Enterprise; asnPath an ASN or ISP database. A file over 1 GiB is
 // refused.
 func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
-	var d databases
+	d := &databases{}
 	if cityPath != "" {
 		r, err := openReader(cityPath, "City or Country", func(r *geoip2.Reader) error {
 			_, err := r.Country(netip.IPv6Unspecified())
@@ -65,29 +72,35 @@ func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
 		d.asn = r
 	}
 	g := &GeoIP{}
-	g.dbs.Store(&d)
+	g.dbs.Store(d)
 	return g, nil
 }
 
 // openReader reads path and checks, with probe, that its database type supports the lookups we
 // will make, so that a City database given as the ASN one is refused at startup rather than
-// answering nothing for every request.
-func openReader(path, want string, probe func(*geoip2.Reader) error) (*geoip2.Reader, error) {
+// answering nothing for every request. geoip2 knows MaxMind's database types and which lookups
+// each supports; the lookups themselves go through the maxminddb reader it is built on, which
+// lets them decode only the fields they need.
+func openReader(path, want string, probe func(*geoip2.Reader) error) (*maxminddb.Reader, error) {
 	data, err := readDatabase(path)
 	if err != nil {
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
-	// The reader keeps data and nothing else holds it, so nobody can change it under the reader.
-	r, err := geoip2.OpenBytes(data)
+	// The readers keep data and nothing else holds it, so nobody can change it under them.
+	typed, err := geoip2.OpenBytes(data)
 	if err != nil {
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
-	if err := probe(r); err != nil {
+	if err := probe(typed); err != nil {
 		if _, wrongType := errors.AsType[geoip2.InvalidMethodError](err); wrongType {
 			return nil, fmt.Errorf("open GeoIP database %s: database type %q is not a %s database",
-				path, r.Metadata().DatabaseType, want)
+				path, typed.Metadata().DatabaseType, want)
 		}
 		// Any other error is about the probe's record, not the database type.
+	}
+	r, err := maxminddb.OpenBytes(data)
+	if err != nil {
+		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
 	return r, nil
 }
@@ -131,10 +144,10 @@ func (g *GeoIP) DatabaseTypes() (city, asn string) {
 		return "", ""
 	}
 	if d.city != nil {
-		city = d.city.Metadata().DatabaseType
+		city = d.city.Metadata.DatabaseType
 	}
 	if d.asn != nil {
-		asn = d.asn.Metadata().DatabaseType
+		asn = d.asn.Metadata.DatabaseType
 	}
 	return city, asn
 }
@@ -153,20 +166,20 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 		return loc
 	}
 	if d.city != nil {
-		if c, err := d.city.City(addr); err == nil {
-			loc.Country = c.Country.ISOCode
-			loc.Continent = c.Continent.Code
+		if c, ok := lookup(&d.cityCache, d.city.Lookup(addr)); ok {
+			loc.Country = c.country
+			loc.Continent = c.continent
 			if loc.Continent == "" {
 				loc.Continent = codes.ContinentOf(loc.Country)
 			}
-			if c.Location.HasCoordinates() {
-				loc.Lat, loc.Lon, loc.HasCoords = *c.Location.Latitude, *c.Location.Longitude, true
+			if c.hasLat && c.hasLon {
+				loc.Lat, loc.Lon, loc.HasCoords = c.lat, c.lon, true
 			}
 		}
 	}
 	if d.asn != nil {
-		if a, err := d.asn.ASN(addr); err == nil {
-			loc.ASN = uint32(a.AutonomousSystemNumber)
+		if a, ok := lookup(&d.asnCache, d.asn.Lookup(addr)); ok {
+			loc.ASN = a.asn
 		}
 	}
 	return loc
