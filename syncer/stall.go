@@ -47,6 +47,9 @@ func (l *liveness) pause() (resume func()) {
 	}
 }
 
+// stop stops the clock for good: the side is done.
+func (l *liveness) stop() { l.wait.Add(1) }
+
 // idle is how long l has been charged without progress at now; zero while it waits.
 func (l *liveness) idle(now time.Time) time.Duration {
 	if l.wait.Load() > 0 {

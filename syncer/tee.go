@@ -170,8 +170,8 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		t, f := r.s.targets[i], feeds[j]
 		key := mirrors.Key(t.Prefix, mustDigest(b.desc.Digest))
 		wg.Go(func() {
-			defer f.live.pause() // done: nothing more to charge
 			defer close(f.done)
+			defer f.live.stop() // done: nothing more to charge
 			o := &outs[j]
 			o.start = time.Now()
 			o.resumed, o.err = r.upload(f.ctx, t, key, &feedReader{f: f}, size, f.live.touch)
@@ -236,7 +236,7 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 			readErr = causeOf(ctx, err)
 		}
 	}
-	up.pause() // the upstream's part is over: waiting for the uploads to finish is theirs
+	up.stop() // the upstream's part is over: waiting for the uploads to finish is theirs
 	got := fmt.Sprintf("%s:%x", b.desc.Digest.Algorithm, h.Sum(nil))
 	// go-containerregistry checks the digest too and reports a mismatch as a read error at the
 	// end; judged here from the bytes, so that the reason is the same either way.

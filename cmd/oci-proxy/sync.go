@@ -101,7 +101,10 @@ func syncCmd(args []string, stdout, stderr io.Writer) error {
 	// Nearly all of what a copy allocates is I/O buffers, reused from part to part and holding
 	// no pointers, which a collection does not scan: collecting at a quarter of growth rather
 	// than the default doubling costs little and keeps the process near what it really holds.
-	debug.SetGCPercent(25)
+	// GOGC, when set, is the operator's choice.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(25)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	s, err := app.NewSync(ctx, cfg, opts)
