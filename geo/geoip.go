@@ -1,12 +1,10 @@
 package geo
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/oschwald/geoip2-golang/v2"
@@ -25,8 +23,10 @@ const maxDatabaseSize = 1 << 30
 // The databases are read into memory rather than memory-mapped: a mapped file rewritten in place
 // under a running server (`cp new.mmdb city.mmdb`, a download to the same path) changes beneath
 // the reader, and one truncated kills the process with SIGBUS on the next lookup. In memory, the
-// file can be rewritten at will; a reload reads it again and refuses it if it is broken. The cost
-// is the files' size in heap for each open GeoIP, so twice that while a reload retires the old one.
+// file can be rewritten at will; a reload reads it again and refuses it if it is broken. The copy
+// lives outside the Go heap where the platform allows (see readDatabase), so that a 60 MB City
+// database does not double the heap size at which the garbage collector runs, and costs its size
+// once, twice while a reload retires the old one.
 //
 // A lookup decodes only what a Location needs, and remembers decoded records by their place in
 // the database (recordCache), so that the common lookup walks the search tree and decodes nothing.
@@ -82,17 +82,19 @@ func OpenGeoIP(cityPath, asnPath string) (*GeoIP, error) {
 // each supports; the lookups themselves go through the maxminddb reader it is built on, which
 // lets them decode only the fields they need.
 func openReader(path, want string, probe func(*geoip2.Reader) error) (*maxminddb.Reader, error) {
-	data, err := readDatabase(path)
+	data, release, err := readDatabase(path)
 	if err != nil {
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
 	// The readers keep data and nothing else holds it, so nobody can change it under them.
 	typed, err := geoip2.OpenBytes(data)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
 	if err := probe(typed); err != nil {
 		if _, wrongType := errors.AsType[geoip2.InvalidMethodError](err); wrongType {
+			release()
 			return nil, fmt.Errorf("open GeoIP database %s: database type %q is not a %s database",
 				path, typed.Metadata().DatabaseType, want)
 		}
@@ -100,38 +102,16 @@ func openReader(path, want string, probe func(*geoip2.Reader) error) (*maxminddb
 	}
 	r, err := maxminddb.OpenBytes(data)
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("open GeoIP database %s: %w", path, err)
 	}
+	// The memory goes when the reader does: after Close, once the last lookup holding it is done.
+	runtime.AddCleanup(r, func(release func()) { release() }, release)
 	return r, nil
 }
 
-// readDatabase reads the whole file at path, refusing one over maxDatabaseSize. The buffer is
-// sized from Stat so that a large database is read in one allocation, not grown by doubling; the
-// limit holds even if the file grows while it is read.
-func readDatabase(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close() // read-only: closing cannot lose anything
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	tooLarge := func(n int64) error {
-		return fmt.Errorf("%d bytes is more than the %d (1 GiB) a GeoIP database may have", n, maxDatabaseSize)
-	}
-	if fi.Size() > maxDatabaseSize {
-		return nil, tooLarge(fi.Size())
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxDatabaseSize+1)); err != nil {
-		return nil, err
-	}
-	if buf.Len() > maxDatabaseSize {
-		return nil, tooLarge(int64(buf.Len()))
-	}
-	return buf.Bytes(), nil
+func tooLarge(n int64) error {
+	return fmt.Errorf("%d bytes is more than the %d (1 GiB) a GeoIP database may have", n, maxDatabaseSize)
 }
 
 // DatabaseTypes reports the types of the open databases ("" for none), for logs and explanations.

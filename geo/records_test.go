@@ -3,6 +3,8 @@ package geo_test
 import (
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -108,4 +110,32 @@ func TestGeoIPLookupConcurrent(t *testing.T) {
 	for range 4 {
 		<-done
 	}
+}
+
+// TestGeoIPReleasedWhileLookingUp closes databases under lookups and collects garbage meanwhile:
+// their memory is unmapped once no lookup holds them, and a lookup that still did would crash
+// the test.
+func TestGeoIPReleasedWhileLookingUp(t *testing.T) {
+	ip := addr("81.2.69.142")
+	for range 20 {
+		g, err := geo.OpenGeoIP(cityDB, asnDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				for range 300 {
+					if c := g.Lookup(ip).Country; c != "" && c != "GB" {
+						t.Errorf("Country = %q", c)
+					}
+				}
+			})
+		}
+		runtime.GC()
+		g.Close()
+		runtime.GC()
+		wg.Wait()
+	}
+	runtime.GC()
 }
