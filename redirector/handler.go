@@ -159,67 +159,97 @@ var (
 // ServeHTTP answers one request and logs it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
-	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-	kind := h.serve(rec, r)
+	o := outcome{status: http.StatusOK}
+	h.serve(w, r, &o)
 	elapsed := h.now().Sub(start)
 	if h.opts.Observer != nil {
-		h.opts.Observer.Observe(Observation{Kind: kind, Status: rec.status, Mirror: rec.mirror, Reason: rec.reason, Elapsed: elapsed})
+		h.opts.Observer.Observe(Observation{Kind: o.kind, Status: o.status, Mirror: o.mirror, Reason: o.reason, Elapsed: elapsed})
 	}
 	if h.log.Enabled(r.Context(), slog.LevelInfo) {
 		attrs := []slog.Attr{
-			slog.String("route", kind.String()),
+			slog.String("route", o.kind.String()),
 			slog.String("method", r.Method),
-			slog.Int("status", rec.status),
+			slog.Int("status", o.status),
 			slog.Duration("latency", elapsed),
 		}
-		if rec.mirror != "" {
-			attrs = append(attrs, slog.String("mirror", rec.mirror), slog.String("reason", rec.reason))
-			if rec.country != "" {
-				attrs = append(attrs, slog.String("country", rec.country))
+		if o.mirror != "" {
+			attrs = append(attrs, slog.String("mirror", o.mirror), slog.String("reason", o.reason))
+			if o.country != "" {
+				attrs = append(attrs, slog.String("country", o.country))
 			}
 		}
-		if rec.code != "" {
-			attrs = append(attrs, slog.String("code", rec.code))
+		if o.code != "" {
+			attrs = append(attrs, slog.String("code", o.code))
 		}
 		h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	}
 }
 
-func (h *Handler) serve(w *recorder, r *http.Request) Kind {
+// outcome is what was answered, for the request log and metrics. The redirects and errors that
+// make up nearly all traffic are written directly and noted here; only the answers of other
+// handlers (mounts, proxy mode, the index page) go through a recorder, so that the common request
+// allocates none.
+type outcome struct {
+	kind                    Kind
+	status                  int
+	mirror, reason, country string
+	code                    string
+}
+
+func (o *outcome) fail(w http.ResponseWriter, r *http.Request, e *Error) {
+	o.status, o.code = e.Status, e.Code
+	writeError(w, r, e)
+}
+
+func (o *outcome) redirect(w http.ResponseWriter, loc string) {
+	o.status = http.StatusTemporaryRedirect
+	redirect(w, loc)
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	path := r.URL.EscapedPath()
 	if path != "/v2" && !strings.HasPrefix(path, "/v2/") {
-		h.serveOther(w, r, path)
-		return 0
+		rec := newRecorder(w)
+		h.serveOther(rec, r, path)
+		o.status = rec.status
+		return
 	}
 	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
+	o.kind = KindInvalid
 	// Path hygiene first, then the method, then the grammar: a write to a valid path learns that
 	// this registry is read-only, whatever it asked for.
 	if e := checkPath(path); e != nil {
-		w.fail(r, e)
-		return KindInvalid
+		o.fail(w, r, e)
+		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.fail(r, errUploads)
-		return KindInvalid
+		o.fail(w, r, errUploads)
+		return
 	}
 	route, e := ParsePath(path, r.URL.RawQuery)
 	if e != nil {
-		w.fail(r, e)
-		return KindInvalid
+		o.fail(w, r, e)
+		return
 	}
+	o.kind = route.Kind
 	switch route.Kind {
 	case KindBase:
-		if h.opts.Proxy != nil && h.opts.Upstream.ClientAuth() && !h.opts.Proxy.Admit(w, r, ProxyRequest{Route: route}) {
-			break
+		if h.opts.Proxy != nil && h.opts.Upstream.ClientAuth() {
+			rec := newRecorder(w)
+			ok := h.opts.Proxy.Admit(rec, r, ProxyRequest{Route: route})
+			if o.status = rec.status; !ok {
+				return
+			}
 		}
 		hd := w.Header()
 		hd["Content-Type"] = jsonType
 		w.WriteHeader(http.StatusOK)
+		o.status = http.StatusOK
 		if r.Method != http.MethodHead {
 			_, _ = w.Write([]byte("{}"))
 		}
 	case KindBlob:
-		h.serveBlob(w, r, route)
+		h.serveBlob(w, r, route, o)
 	default:
 		up, name := h.opts.Upstream.Lookup(route.Name)
 		var loc string
@@ -232,19 +262,32 @@ func (h *Handler) serve(w *recorder, r *http.Request) Kind {
 			loc = up.URL(name, "referrers", route.Digest.String(), route.Query)
 		}
 		if up.Mode == upstream.Proxy {
-			h.opts.Proxy.Serve(w, r, ProxyRequest{Route: route, Upstream: up, Name: name, URL: loc})
-			break
+			rec := newRecorder(w)
+			h.opts.Proxy.Serve(rec, r, ProxyRequest{Route: route, Upstream: up, Name: name, URL: loc})
+			o.status = rec.status
+			return
 		}
-		redirect(w, loc)
+		o.redirect(w, loc)
 	}
-	return route.Kind
 }
 
-func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
+func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, route Route, o *outcome) {
 	up, name := h.opts.Upstream.Lookup(route.Name)
-	pq := ProxyRequest{Route: route, Upstream: up, Name: name, URL: up.URL(name, "blobs", route.Digest.String(), "")}
-	if up.ClientAuth && !h.opts.Proxy.Admit(w, r, pq) {
-		return
+	// The upstream's URL is built only when it is needed: a blob sent to a mirror never uses it.
+	pq := ProxyRequest{Route: route, Upstream: up, Name: name}
+	upstreamURL := func() string {
+		if pq.URL == "" {
+			pq.URL = up.URL(name, "blobs", route.Digest.String(), "")
+		}
+		return pq.URL
+	}
+	if up.ClientAuth {
+		upstreamURL()
+		rec := newRecorder(w)
+		ok := h.opts.Proxy.Admit(rec, r, pq)
+		if o.status = rec.status; !ok {
+			return
+		}
 	}
 	var t BlobTarget
 	if h.opts.Blobs != nil {
@@ -257,21 +300,28 @@ func (h *Handler) serveBlob(w *recorder, r *http.Request, route Route) {
 	}
 	toUpstream := t.URL == ""
 	if toUpstream {
-		t.URL = pq.URL
+		t.URL = upstreamURL()
 		t.Mirror = upstream.XMirror
 		if t.Reason == "" {
 			t.Reason = ReasonNoMirrors
 		}
 	}
-	w.mirror, w.reason, w.country = t.Mirror, t.Reason, t.Country
+	o.mirror, o.reason, o.country = t.Mirror, t.Reason, t.Country
+	// One allocation for the three values; each slice is capped so that appending copies.
+	vals := [...]string{t.Mirror, t.Reason, t.URL}
 	hd := w.Header()
-	hd["X-Mirror"] = []string{t.Mirror}
-	hd["X-Mirror-Reason"] = []string{t.Reason}
+	hd["X-Mirror"] = vals[0:1:1]
+	hd["X-Mirror-Reason"] = vals[1:2:2]
 	if toUpstream && up.Mode == upstream.Proxy {
-		h.opts.Proxy.Serve(w, r, pq)
+		rec := newRecorder(w)
+		h.opts.Proxy.Serve(rec, r, pq)
+		o.status = rec.status
 		return
 	}
-	redirect(w, t.URL)
+	hd["Location"] = vals[2:3:3]
+	hd["Cache-Control"] = noStore
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	o.status = http.StatusTemporaryRedirect
 }
 
 // redirect answers 307 without a body: clients follow Location and the body would only cost bytes.
@@ -330,22 +380,19 @@ func plain(w http.ResponseWriter, r *http.Request, status int, body string) {
 	}
 }
 
-// recorder remembers what was answered, for the request log and metrics.
+// recorder passes an answer written by another handler through and notes its status.
 type recorder struct {
 	http.ResponseWriter
-	status                  int
-	mirror, reason, country string
-	code                    string
+	status int
+}
+
+func newRecorder(w http.ResponseWriter) *recorder {
+	return &recorder{ResponseWriter: w, status: http.StatusOK}
 }
 
 func (w *recorder) WriteHeader(status int) {
 	w.status = status
 	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *recorder) fail(r *http.Request, e *Error) {
-	w.code = e.Code
-	writeError(w, r, e)
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
