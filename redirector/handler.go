@@ -161,28 +161,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
 	o := outcome{status: http.StatusOK}
 	h.serve(w, r, &o)
-	elapsed := h.now().Sub(start)
+	end := h.now()
+	elapsed := end.Sub(start)
 	if h.opts.Observer != nil {
 		h.opts.Observer.Observe(Observation{Kind: o.kind, Status: o.status, Mirror: o.mirror, Reason: o.reason, Elapsed: elapsed})
 	}
-	if h.log.Enabled(r.Context(), slog.LevelInfo) {
-		attrs := []slog.Attr{
-			slog.String("route", o.kind.String()),
-			slog.String("method", r.Method),
-			slog.Int("status", o.status),
-			slog.Duration("latency", elapsed),
-		}
-		if o.mirror != "" {
-			attrs = append(attrs, slog.String("mirror", o.mirror), slog.String("reason", o.reason))
-			if o.country != "" {
-				attrs = append(attrs, slog.String("country", o.country))
-			}
-		}
-		if o.code != "" {
-			attrs = append(attrs, slog.String("code", o.code))
-		}
-		h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	if lh := h.log.Handler(); lh.Enabled(r.Context(), slog.LevelInfo) {
+		h.logRequest(lh, r, &o, end, elapsed)
 	}
+}
+
+// logRequest writes the request's log line. It builds the record itself rather than through
+// Logger.LogAttrs, which would read the clock again and walk the stack for a source position that
+// no handler here prints.
+func (h *Handler) logRequest(lh slog.Handler, r *http.Request, o *outcome, end time.Time, elapsed time.Duration) {
+	rec := slog.NewRecord(end, slog.LevelInfo, "request", 0)
+	rec.AddAttrs(
+		slog.String("route", o.kind.String()),
+		slog.String("method", r.Method),
+		slog.Int("status", o.status),
+		slog.Duration("latency", elapsed),
+	)
+	if o.mirror != "" {
+		rec.AddAttrs(slog.String("mirror", o.mirror), slog.String("reason", o.reason))
+		if o.country != "" {
+			rec.AddAttrs(slog.String("country", o.country))
+		}
+	}
+	if o.code != "" {
+		rec.AddAttrs(slog.String("code", o.code))
+	}
+	_ = lh.Handle(r.Context(), rec) // a log that cannot be written must not fail the request
 }
 
 // outcome is what was answered, for the request log and metrics. The redirects and errors that
