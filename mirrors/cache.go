@@ -1,6 +1,7 @@
 package mirrors
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -16,10 +17,11 @@ type cache[K comparable, V any] struct {
 }
 
 type shard[K comparable, V any] struct {
-	mu   sync.RWMutex
-	m    map[K]*entry[K, V]
-	ring []*entry[K, V] // len(ring) grows up to cap(ring), then entries are replaced in place
-	hand int
+	mu    sync.RWMutex
+	m     map[K]*entry[K, V]
+	ring  []*entry[K, V] // grows up to limit, then entries are replaced in place
+	limit int
+	hand  int
 }
 
 // entry is immutable once published except for ref; a Put replaces the whole entry, so readers
@@ -50,8 +52,11 @@ func newCache[K comparable, V any](size int, hash func(K) uint64) *cache[K, V] {
 	c := &cache[K, V]{hash: hash, shards: make([]shard[K, V], n), mask: uint64(n - 1)}
 	per := (size + n - 1) / n
 	for i := range c.shards {
+		// Nothing is allocated ahead: a cache of 100,000 entries would otherwise hold 800 KB of
+		// empty ring from the start, which the garbage collector scans on every cycle. The rings
+		// and maps grow with use instead.
 		c.shards[i].m = make(map[K]*entry[K, V])
-		c.shards[i].ring = make([]*entry[K, V], 0, per)
+		c.shards[i].limit = per
 	}
 	return c
 }
@@ -90,7 +95,11 @@ func (c *cache[K, V]) put(k K, v V, expires, now int64) {
 		s.m[k] = ne
 		return
 	}
-	if len(s.ring) < cap(s.ring) {
+	if len(s.ring) < s.limit {
+		if len(s.ring) == cap(s.ring) {
+			// Doubling, but never past the limit.
+			s.ring = slices.Grow(s.ring, min(max(len(s.ring), 8), s.limit-len(s.ring)))
+		}
 		ne.slot = len(s.ring)
 		s.ring = append(s.ring, ne)
 		s.m[k] = ne

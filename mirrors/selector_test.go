@@ -522,3 +522,29 @@ func TestChooseCanceled(t *testing.T) {
 		t.Errorf("chose %q", name(d))
 	}
 }
+
+// TestCacheGrowsWithUse checks that a large cache holds nothing before it is used, and keeps its
+// bound as it fills.
+func TestCacheGrowsWithUse(t *testing.T) {
+	const size = 100000
+	c := newCache[int, int](size, func(k int) uint64 { return uint64(k) * 0x9e3779b97f4a7c15 })
+	capacity := func() (n int) {
+		for i := range c.shards {
+			n += cap(c.shards[i].ring)
+		}
+		return n
+	}
+	if n := capacity(); n != 0 {
+		t.Errorf("an unused cache holds rings for %d entries", n)
+	}
+	const far = int64(1 << 62)
+	for k := range size + size/2 {
+		c.put(k, k, far, 0)
+	}
+	if n := c.len(); n > size+len(c.shards) || n < size-len(c.shards) {
+		t.Errorf("len %d after %d puts, want about %d", n, size+size/2, size)
+	}
+	if n := capacity(); n > 2*size {
+		t.Errorf("rings hold %d slots for a bound of %d", n, size)
+	}
+}
