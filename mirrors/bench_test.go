@@ -37,7 +37,7 @@ func BenchmarkRank(b *testing.B) {
 			ah := addrHash(q.Loc.Addr)
 			b.ReportAllocs()
 			for b.Loop() {
-				cands, _ := s.rank(&q, buf[:0], nil)
+				cands, _ := s.rank(&q, buf[:0], nil, s.now().UnixNano())
 				if len(cands) != n {
 					b.Fatalf("%d candidates", len(cands))
 				}

@@ -86,7 +86,8 @@ func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 	for i, m := range s.mirrors {
 		e.Mirrors[i] = MirrorExplanation{Name: m.name, Provider: m.provider, Weight: m.weight}
 	}
-	cands, why := s.rank(&q, nil, &e)
+	now := s.now().UnixNano()
+	cands, why := s.rank(&q, nil, &e, now)
 	d := toUpstream(why)
 	switch {
 	case len(cands) == 0:
@@ -100,7 +101,7 @@ func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 			d.Reason = ReasonNoGeo
 		}
 	default:
-		d = s.walk(ctx, &q, cands, &e)
+		d = s.walk(ctx, &q, cands, &e, now)
 	}
 	e.Decision = explainDecision(d)
 	return e

@@ -59,9 +59,8 @@ func placeKey(lastResort bool, t tier, km float64) uint64 {
 // rank returns the mirrors that may serve q appended to buf, in table order; with none, the reason
 // the upstream serves instead. With a trace it records every exclusion. order and best put them in
 // order.
-func (s *Selector) rank(q *Query, buf []cand, tr *Explanation) ([]cand, string) {
+func (s *Selector) rank(q *Query, buf []cand, tr *Explanation, now int64) ([]cand, string) {
 	loc := &q.Loc
-	now := s.now().UnixNano()
 	var client geo.Point
 	if loc.HasCoords {
 		client = geo.PointAt(loc.Lat, loc.Lon)

@@ -274,11 +274,13 @@ func (s *Selector) Choose(ctx context.Context, q Query) Decision {
 	if len(s.mirrors) > len(buf) {
 		cs = make([]cand, 0, len(s.mirrors))
 	}
-	cands, why := s.rank(&q, cs, nil)
+	// One clock read serves the whole warm choice: health, presence and URL caches.
+	now := s.now().UnixNano()
+	cands, why := s.rank(&q, cs, nil, now)
 	if len(cands) == 0 {
 		return toUpstream(why)
 	}
-	return s.walk(ctx, &q, cands, nil)
+	return s.walk(ctx, &q, cands, nil, now)
 }
 
 func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1} }
@@ -289,9 +291,9 @@ var errBudget = errors.New("no time left for this request")
 // walk tries cands best first. Without a trace it tries the best one before paying for a full
 // sort. With a trace (Explain) it goes on checking presence after the choice is made, so that every
 // mirror's state is shown.
-func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation) Decision {
+func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation, now int64) Decision {
 	var (
-		w      = walker{s: s, ctx: ctx, digest: q.Digest, head: q.Method == "HEAD", known: q.Loc.Known(), tr: tr}
+		w      = walker{s: s, ctx: ctx, digest: q.Digest, head: q.Method == "HEAD", known: q.Loc.Known(), tr: tr, start: now}
 		ah     = addrHash(q.Loc.Addr)
 		tried  = -1
 		chosen bool
@@ -342,9 +344,19 @@ type walker struct {
 	head     bool
 	known    bool
 	tr       *Explanation
-	deadline time.Time // set at the first network call, so a warm choice never reads the clock
+	start    int64     // unix nanoseconds when the choice began
+	deadline time.Time // set at the first network call, so a warm choice reads the clock once
 	failed   bool
 	busy     bool // a candidate was skipped for its budget or its pacing
+}
+
+// now is the time for cache expiry: the choice's start until a network call has taken time, the
+// clock after that.
+func (w *walker) now() int64 {
+	if w.deadline.IsZero() {
+		return w.start
+	}
+	return w.s.now().UnixNano()
 }
 
 // check learns whether c holds the blob, recording the answer in the trace.
@@ -359,7 +371,7 @@ func (w *walker) check(c *cand) (Object, bool) {
 		}
 		return Object{Exists: true, Size: -1}, true
 	}
-	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, &w.deadline)
+	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, w.now(), &w.deadline)
 	switch {
 	case isBusy(err):
 		w.busy = true
@@ -391,7 +403,7 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	if !ok {
 		return Decision{}, false
 	}
-	su, err := w.s.url(w.ctx, c.idx, w.head, w.digest, &w.deadline)
+	su, err := w.s.url(w.ctx, c.idx, w.head, w.digest, w.now(), &w.deadline)
 	if err != nil {
 		w.failed = true
 		if w.tr != nil {
@@ -412,9 +424,9 @@ func (w *walker) try(c *cand) (Decision, bool) {
 // present reports whether mirror i holds d, from the cache or from one merged backend check. A
 // check the mirror's budget or pacing refuses is an error for which isBusy is true; requests
 // that join a check in flight take nothing from the budget.
-func (s *Selector) present(ctx context.Context, i int, d oci.Digest, deadline *time.Time) (Object, bool, error) {
+func (s *Selector) present(ctx context.Context, i int, d oci.Digest, now int64, deadline *time.Time) (Object, bool, error) {
 	k := presenceKey{i, d}
-	if o, ok := s.presence.get(k, s.now().UnixNano()); ok {
+	if o, ok := s.presence.get(k, now); ok {
 		return o, true, nil
 	}
 	v, err := s.flight(ctx, "p"+strconv.Itoa(i)+d.String(), deadline, func(fctx context.Context) (any, error) {
@@ -431,9 +443,9 @@ func (s *Selector) present(ctx context.Context, i int, d oci.Digest, deadline *t
 
 // url returns a URL for d on mirror i, reusing a signed one while more than half its life is left
 // so that the redirects of a busy blob cost no signing, and clients always get enough time.
-func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, deadline *time.Time) (signedURL, error) {
+func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, now int64, deadline *time.Time) (signedURL, error) {
 	k := urlKey{i, head, d}
-	if v, ok := s.urls.get(k, s.now().UnixNano()); ok {
+	if v, ok := s.urls.get(k, now); ok {
 		return v, nil
 	}
 	name := "u" + strconv.Itoa(i) + d.String()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -546,5 +547,28 @@ func TestCacheGrowsWithUse(t *testing.T) {
 	}
 	if n := capacity(); n > 2*size {
 		t.Errorf("rings hold %d slots for a bound of %d", n, size)
+	}
+}
+
+// TestChooseWarmReadsClockOnce: a choice answered from the caches reads the clock once, for
+// health and both caches together; a second read is as costly as a cache lookup.
+func TestChooseWarmReadsClockOnce(t *testing.T) {
+	clk := newClock()
+	var reads atomic.Int32
+	ms := []*Mirror{
+		mustMirror(t, Spec{Name: "de", Country: "DE", Location: atFrankfurt}, newFake("de", Key("blobs/", digest(t, 1)))),
+		mustMirror(t, Spec{Name: "us", Country: "US", Location: atVirginia}, newFake("us", Key("blobs/", digest(t, 1)))),
+	}
+	s := NewSelector(ms, Options{Clock: func() time.Time { reads.Add(1); return clk.Now() }})
+	q := Query{Loc: loc("89.160.20.112", "DE", 50.1, 8.7), Digest: digest(t, 1), Method: "GET"}
+	if d := s.Choose(t.Context(), q); d.Mirror != "de" {
+		t.Fatalf("cold choice: %s (%s)", name(d), d.Reason)
+	}
+	reads.Store(0)
+	if d := s.Choose(t.Context(), q); d.Mirror != "de" {
+		t.Fatalf("warm choice: %s (%s)", name(d), d.Reason)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("a warm choice read the clock %d times, want 1", n)
 	}
 }
