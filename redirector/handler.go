@@ -235,7 +235,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 		o.fail(w, r, errUploads)
 		return
 	}
-	route, e := ParsePath(path, r.URL.RawQuery)
+	route, e := parseChecked(path, r.URL.RawQuery)
 	if e != nil {
 		o.fail(w, r, e)
 		return

@@ -126,6 +126,13 @@ func ParsePath(path, rawQuery string) (Route, *Error) {
 	if e := checkPath(path); e != nil {
 		return Route{}, e
 	}
+	return parseChecked(path, rawQuery)
+}
+
+// parseChecked is ParsePath for a path that checkPath has passed: the handler checks the path
+// before the method, so that a write learns the registry is read-only whatever its grammar, and
+// does not walk the path twice.
+func parseChecked(path, rawQuery string) (Route, *Error) {
 	if path == "/v2" || path == "/v2/" {
 		return Route{Kind: KindBase}, nil
 	}
