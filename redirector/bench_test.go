@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 )
 
@@ -43,6 +44,24 @@ func BenchmarkHandlerManifestRedirect(b *testing.B) {
 	}
 	if w.h.Get("Location") == "" {
 		b.Fatal("no redirect")
+	}
+}
+
+// BenchmarkHandlerManifestRedirectSpread asks for 4096 different tags in turn, sixteen times as
+// many as the cache of manifest redirects holds: what a redirect costs when it misses.
+func BenchmarkHandlerManifestRedirectSpread(b *testing.B) {
+	h := New(Options{Upstream: newTable(b)})
+	reqs := make([]*http.Request, 4096)
+	for i := range reqs {
+		reqs[i] = httptest.NewRequest("GET", "/v2/oci-proxy/manifests/"+strconv.Itoa(i), nil)
+	}
+	w := &discardWriter{h: make(http.Header, 8)}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, reqs[i%len(reqs)])
+		i++
 	}
 }
 

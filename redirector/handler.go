@@ -110,6 +110,9 @@ type Handler struct {
 	now   func() time.Time
 	since func(time.Time) time.Duration
 	index []byte
+	// manifests caches manifest redirects by path; the upstream table they depend on is fixed
+	// for the Handler's life (a reload builds a new Handler).
+	manifests *locationCache
 }
 
 // New returns a Handler. It panics if opts.Upstream is nil: that is a wiring bug, not input.
@@ -136,6 +139,7 @@ func New(opts Options) *Handler {
 		h.opts.ClientAddr = RemoteAddr
 	}
 	h.index = renderIndex(opts.Index)
+	h.manifests = newLocationCache()
 	return h
 }
 
@@ -213,7 +217,7 @@ func (o *outcome) fail(w http.ResponseWriter, r *http.Request, e *Error) {
 	writeError(w, r, e)
 }
 
-func (o *outcome) redirect(w http.ResponseWriter, loc string) {
+func (o *outcome) redirect(w http.ResponseWriter, loc []string) {
 	o.status = http.StatusTemporaryRedirect
 	redirect(w, loc)
 }
@@ -236,6 +240,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		o.fail(w, r, errUploads)
+		return
+	}
+	if loc := h.manifests.get(path); loc != nil {
+		o.kind = KindManifest
+		o.redirect(w, loc)
 		return
 	}
 	route, e := parseChecked(path, r.URL.RawQuery)
@@ -279,7 +288,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, o *outcome) {
 			o.status = rec.status
 			return
 		}
-		o.redirect(w, loc)
+		if route.Kind == KindManifest {
+			o.redirect(w, h.manifests.put(path, loc))
+			return
+		}
+		o.redirect(w, []string{loc})
 	}
 }
 
@@ -339,9 +352,9 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, route Route,
 // redirect answers 307 without a body: clients follow Location and the body would only cost bytes.
 // The answer depends on the tag's current target and on the client's address, so no shared cache
 // may keep it.
-func redirect(w http.ResponseWriter, loc string) {
+func redirect(w http.ResponseWriter, loc []string) {
 	hd := w.Header()
-	hd["Location"] = []string{loc}
+	hd["Location"] = loc
 	hd["Cache-Control"] = noStore
 	w.WriteHeader(http.StatusTemporaryRedirect)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -98,13 +99,44 @@ func TestHandler(t *testing.T) {
 		{"index post", "POST", "/", wantResp{status: 405}},
 		{"elsewhere", "GET", "/favicon.ico", wantResp{status: 404}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			req := httptest.NewRequest(tc.method, "http://images.example"+tc.target, nil)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			checkResponse(t, rec, tc.want)
-		})
+	// Twice: the second time, manifest redirects come from the handler's cache of them.
+	for pass := range 2 {
+		for _, tc := range tests {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, pass), func(t *testing.T) {
+				req := httptest.NewRequest(tc.method, "http://images.example"+tc.target, nil)
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				checkResponse(t, rec, tc.want)
+			})
+		}
+	}
+}
+
+// TestManifestLocationCache asks for many more manifests than the cache has slots, so that paths
+// share slots and replace each other, each with GET, HEAD and a write: every answer must be the
+// one the path alone gives.
+func TestManifestLocationCache(t *testing.T) {
+	h := New(Options{Upstream: newTable(t)})
+	for pass := range 2 {
+		for i := range 4 * locationSlots {
+			for _, name := range []string{"app", "tools/lint"} {
+				path := fmt.Sprintf("/v2/%s/manifests/v%d", name, i)
+				want := upstreamBase + name + fmt.Sprintf("/manifests/v%d", i)
+				if name == "tools/lint" {
+					want = toolsBase + fmt.Sprintf("lint/manifests/v%d", i)
+				}
+				for _, method := range []string{"GET", "HEAD", "PUT"} {
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+					switch {
+					case method == "PUT" && rec.Code != http.StatusMethodNotAllowed:
+						t.Fatalf("pass %d: PUT %s: status %d, want 405", pass, path, rec.Code)
+					case method != "PUT" && (rec.Code != http.StatusTemporaryRedirect || rec.Header().Get("Location") != want):
+						t.Fatalf("pass %d: %s %s: %d %q, want 307 %q", pass, method, path, rec.Code, rec.Header().Get("Location"), want)
+					}
+				}
+			}
+		}
 	}
 }
 
