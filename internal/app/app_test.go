@@ -208,6 +208,39 @@ func BenchmarkBlobRedirectWarm(b *testing.B) {
 	}
 }
 
+// BenchmarkBlobRedirectWarmParallel is BenchmarkBlobRedirectWarm on every core at once, each
+// goroutine with its own request and writer, so that contention in the caches, the selector's
+// state and the metrics shows, which a single goroutine hides.
+func BenchmarkBlobRedirectWarmParallel(b *testing.B) {
+	eu := newBlobServer(b, "eu/blobs/", blobA)
+	us := newBlobServer(b, "", blobA)
+	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer svc.Close()
+	newRequest := func() *http.Request {
+		req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
+		req.RemoteAddr = "192.0.2.1:5000"
+		req.Header.Set("X-Forwarded-For", "89.160.20.112")
+		return req
+	}
+	w := &nullWriter{h: http.Header{}}
+	svc.Handler().ServeHTTP(w, newRequest())
+	if w.h.Get("X-Mirror") != "eu-west" {
+		b.Fatalf("warm-up went to %q", w.h.Get("X-Mirror"))
+	}
+	h := svc.Handler()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req, w := newRequest(), &nullWriter{h: http.Header{}}
+		for pb.Next() {
+			clear(w.h)
+			h.ServeHTTP(w, req)
+		}
+	})
+}
+
 type nullWriter struct{ h http.Header }
 
 func (w *nullWriter) Header() http.Header         { return w.h }
