@@ -4,25 +4,31 @@
 # prints every figure as a ratio to it as well as in absolute terms:
 #
 #   requests/s and its ratio to bare Go's in the same round, p50 and p99 latency (p99 also as a
-#   ratio), the server's CPU time per request (utime + stime from /proc/PID/stat) and its peak
-#   RSS during the run (VmHWM, reset before each run through /proc/PID/clear_refs).
+#   ratio), the server's CPU time per request (utime + stime from /proc/PID/stat, also as a
+#   ratio) and its peak RSS during the run (VmHWM, reset before each run through
+#   /proc/PID/clear_refs). Ratios are taken round by round, then the median and range printed.
 #
-# Targets: the manifest redirect and the blob redirect to an http mirror with the repository's
-# config.yaml (GeoIP City + ASN, three mirrors, metrics); the same manifest redirect with the
-# request log at info; blob redirects to an S3 mirror (versitygw) and a GCS mirror
-# (fake-gcs-server) with their signed URLs cached; and a proxy-mode manifest answered from the
-# cache of a route whose upstream is a distribution registry (docker-registry).
+# Targets: bare Go, and bare Go with the service's server timeouts (bare-timeouts); the manifest
+# redirect and the blob redirect to an http mirror with the repository's config.yaml (GeoIP City
+# + ASN, three mirrors, metrics), with the request log off (--log-level warn); the same manifest
+# redirect with the request log at info, written to a file; blob redirects to an S3 mirror
+# (versitygw) and a GCS mirror (fake-gcs-server) with their signed URLs cached; a proxy-mode
+# manifest answered from the cache of a route whose upstream is a distribution registry
+# (docker-registry); and, with GEOIP_CITY, blob redirects for 4096 clients spread over the
+# IPv4 space, located in that database.
 #
-#   scripts/bench.sh                        3 interleaved rounds of 10 s per target
-#   ROUNDS=5 DURATION=20 scripts/bench.sh   longer
-#   TARGETS='bare|manifest' scripts/bench.sh  only the targets whose name matches
-#   BASELINE=<git rev> scripts/bench.sh     also the service built from <rev>, in the same rounds
+#   scripts/bench.sh                          3 interleaved rounds of 10 s per target
+#   ROUNDS=5 DURATION=20 scripts/bench.sh     longer
+#   TARGETS='manifest|blob-http' scripts/bench.sh   bare and the targets whose name matches
+#   BASELINE=<git rev> scripts/bench.sh       also the service built from <rev> (targets @base)
+#   GEOIP_CITY=GeoLite2-City.mmdb GEOIP_ASN=GeoLite2-ASN.mmdb scripts/bench.sh
 #
 # wrk runs with THREADS threads (2) and CONNECTIONS connections (64) on the same cores as the
-# servers. Everything listens on 127.0.0.0/8; run as root, the measurement runs in a network
-# namespace of its own (unshare -n), so nothing else can reach the servers or disturb the ports.
-# Needs wrk, curl, jq, openssl, docker-registry (Debian packages) and versitygw, fake-gcs-server
-# and crane in $(go env GOPATH)/bin (scripts/deps.sh installs them all).
+# servers, and each round takes the targets in an order of its own. Everything listens on
+# 127.0.0.0/8; run as root, the measurement runs in a network namespace of its own (unshare -n),
+# so nothing else can reach the servers or take their ports. Needs wrk, jq, openssl (apt-get
+# install wrk jq openssl), and curl, docker-registry, versitygw, fake-gcs-server and crane
+# (scripts/deps.sh installs these).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -326,12 +332,17 @@ to_us() {
 results=$work/results
 : >"$results"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-# Each round takes the targets in a different order (rotated by one), so that no target is always
-# measured right after the same one or at the same point of a round.
+# Each round takes the targets in an order of its own (shuffled, the same for a given round in
+# every run), so that no target is always measured right after the same one or at the same point
+# of a round, while the machine's other work comes and goes.
 n_sel=${#selected[@]}
 for round in $(seq "$ROUNDS"); do
-	for ((k = 0; k < n_sel; k++)); do
-		t=${selected[$(((k + round - 1) % n_sel))]}
+	order=$(awk -v n="$n_sel" -v seed="$round" 'BEGIN {
+		srand(seed); for (i = 0; i < n; i++) a[i] = i
+		for (i = n - 1; i > 0; i--) { j = int(rand() * (i + 1)); t = a[i]; a[i] = a[j]; a[j] = t }
+		for (i = 0; i < n; i++) printf "%d ", a[i] }')
+	for k in $order; do
+		t=${selected[$k]}
 		IFS='|' read -r name proc url header mirror <<<"$t"
 		pid=${pid_of[$proc]}
 		hdr=()
