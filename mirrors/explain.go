@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/geo"
+	"github.com/happy-turtle/oci-proxy/oci"
 	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
@@ -74,6 +75,21 @@ type ExplainedDecision struct {
 // Mirrors with credentials that no probe has asked about yet are asked first, so that an
 // explanation made right after the configuration was read shows which ones are refused.
 func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
+	s.checkUnchecked(ctx)
+	return s.explain(ctx, q)
+}
+
+// ExplainRanking is Explain without a blob and without any I/O: the ranking for q's client and
+// the mirror a blob held everywhere would get, from the state the selector already has (health
+// and credentials as last probed; a mirror whose credentials no probe has answered for yet counts
+// as usable, as Choose treats it). q.Digest is ignored. It costs no network round trip whoever
+// asks, so a public page may call it on every visit.
+func (s *Selector) ExplainRanking(q Query) Explanation {
+	q.Digest = oci.Digest{}
+	return s.explain(context.Background(), q)
+}
+
+func (s *Selector) explain(ctx context.Context, q Query) Explanation {
 	e := Explanation{Client: explainClient(q.Loc), Digest: q.Digest.String(), Method: q.Method}
 	if e.Method != "HEAD" {
 		e.Method = "GET"
@@ -81,7 +97,6 @@ func (s *Selector) Explain(ctx context.Context, q Query) Explanation {
 	if !q.Loc.Known() {
 		e.Unlocated = s.opts.Unlocated.String()
 	}
-	s.checkUnchecked(ctx)
 	e.Mirrors = make([]MirrorExplanation, len(s.mirrors))
 	for i, m := range s.mirrors {
 		e.Mirrors[i] = MirrorExplanation{Name: m.name, Provider: m.provider, Weight: m.weight}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/happy-turtle/oci-proxy/geo"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -96,4 +99,52 @@ func TestExplain(t *testing.T) {
 		}
 		golden(t, "explain-upstream.txt", text.Bytes())
 	})
+}
+
+// ExplainRanking must not ask any mirror anything, whatever the selector has or has not learnt
+// yet: a public page calls it on every visit. Explain, on the same selector, asks the mirrors
+// whose credentials were never probed, which shows the fakes count what this test relies on.
+func TestExplainRankingMakesNoCalls(t *testing.T) {
+	k := keyOf(t, 1)
+	de, us := newFake("eu-west", k), newFake("us-east", k)
+	ms := []*Mirror{
+		mustMirror(t, Spec{Name: "eu-west", Provider: "s3", Country: "DE", Location: atFrankfurt, CheckCredentials: true}, de),
+		mustMirror(t, Spec{Name: "us-east", Provider: "s3", Country: "US", Location: atVirginia, CheckCredentials: true}, us),
+	}
+	s := NewSelector(ms, Options{})
+	calls := func() int32 { return de.stats.Load() + de.urls.Load() + us.stats.Load() + us.urls.Load() }
+
+	for _, tc := range []struct {
+		name   string
+		q      Query
+		mirror string
+		reason string
+	}{
+		{"country", Query{Loc: loc("89.160.20.112", "DE", 50.1, 8.7)}, "eu-west", ReasonCountry},
+		{"continent", Query{Loc: loc("81.2.69.142", "GB", 51.5, -0.1)}, "eu-west", ReasonContinent},
+		{"a digest is ignored", Query{Loc: loc("216.160.83.56", "US", 47.6, -122.3), Digest: digest(t, 1)}, "us-east", ReasonCountry},
+		{"unlocated", Query{Loc: geo.Location{Addr: netip.MustParseAddr("192.0.2.1")}}, "", ReasonNoGeo},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := s.ExplainRanking(tc.q)
+			if n := calls(); n != 0 {
+				t.Fatalf("ExplainRanking made %d backend calls", n)
+			}
+			if e.Digest != "" {
+				t.Errorf("Digest = %q, want none", e.Digest)
+			}
+			if tc.mirror != "" && e.Decision.Mirror != tc.mirror || e.Decision.Reason != tc.reason {
+				t.Errorf("decision %s (%s), want %s (%s)", e.Decision.Mirror, e.Decision.Reason, tc.mirror, tc.reason)
+			}
+		})
+	}
+	// The same ranking as Explain without a blob, which probes first.
+	q := Query{Loc: loc("89.160.20.112", "DE", 50.1, 8.7)}
+	full := s.Explain(t.Context(), q)
+	if calls() == 0 {
+		t.Fatal("Explain asked no mirror about its credentials: the fakes count nothing")
+	}
+	if diff := cmp.Diff(full, s.ExplainRanking(q)); diff != "" {
+		t.Errorf("ExplainRanking differs from Explain (-Explain +ExplainRanking):\n%s", diff)
+	}
 }
