@@ -89,3 +89,33 @@ func BenchmarkHandlerManifestRedirectLogged(b *testing.B) {
 		h.ServeHTTP(w, req)
 	}
 }
+
+// BenchmarkIndexPage serves the index page to one visitor: "served" is the Handler (the
+// configuration's parts rendered once, the visitor's part per visit), "one-template" renders the
+// whole page per visit, the reference it is measured against.
+func BenchmarkIndexPage(b *testing.B) {
+	info := sampleIndex(nil)
+	b.Run("served", func(b *testing.B) {
+		h := New(Options{Upstream: newTable(b), Index: info})
+		req := httptest.NewRequest("GET", "/", nil)
+		w := &discardWriter{h: make(http.Header, 8)}
+		b.ReportAllocs()
+		for b.Loop() {
+			clear(w.h)
+			h.ServeHTTP(w, req)
+		}
+		if w.h.Get("Content-Length") == "" {
+			b.Fatal("no page")
+		}
+	})
+	b.Run("one-template", func(b *testing.B) {
+		p := newIndexPage(info)
+		addr := RemoteAddr(httptest.NewRequest("GET", "/", nil))
+		b.ReportAllocs()
+		for b.Loop() {
+			if len(p.render(addr)) == 0 {
+				b.Fatal("no page")
+			}
+		}
+	})
+}

@@ -94,6 +94,7 @@ type Options struct {
 	// Mount adds handlers for exact paths outside /v2/ (e.g. "/metrics", "/_/resolve").
 	Mount map[string]http.Handler
 	// Index describes the registry on the index page; the zero value shows generic text.
+	// Its functions are called on every visit of the page, with the address ClientAddr finds.
 	Index IndexInfo
 	// Observer receives every request's outcome; nil observes nothing.
 	Observer Observer
@@ -109,7 +110,7 @@ type Handler struct {
 	log   *slog.Logger
 	now   func() time.Time
 	since func(time.Time) time.Duration
-	index []byte
+	index *indexPage
 	// manifests caches manifest redirects by path; the upstream table they depend on is fixed
 	// for the Handler's life (a reload builds a new Handler).
 	manifests *locationCache
@@ -138,7 +139,7 @@ func New(opts Options) *Handler {
 	if h.opts.ClientAddr == nil {
 		h.opts.ClientAddr = RemoteAddr
 	}
-	h.index = renderIndex(opts.Index)
+	h.index = newIndexPage(opts.Index)
 	h.manifests = newLocationCache()
 	return h
 }
@@ -371,14 +372,7 @@ func (h *Handler) serveOther(w *recorder, r *http.Request, path string) {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		hd := w.Header()
-		hd.Set("Content-Type", "text/html; charset=utf-8")
-		hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-		hd.Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(http.StatusOK)
-		if r.Method != http.MethodHead {
-			_, _ = w.Write(h.index)
-		}
+		h.index.serve(w, r, h.opts.ClientAddr(r))
 	case "/healthz":
 		plain(w, r, http.StatusOK, "ok\n")
 	case "/readyz":
