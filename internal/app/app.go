@@ -109,25 +109,12 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		Mount:      mount,
 		Observer:   s.metrics,
 		Logger:     s.log,
-		Index: redirector.IndexInfo{
-			Name:     cfg.Name,
-			Example:  indexExample(cfg),
-			Upstream: ups.Routes()[len(ups.Routes())-1].String(),
-			Version:  s.info.Version,
-		},
-	}
-	if rs := ups.Routes(); len(rs) > 1 {
-		for i := range rs {
-			opts.Index.Routes = append(opts.Index.Routes, describeRoute(&rs[i]))
-		}
+		// The page's Misses (demand data) stays nil, and its column hidden, until a demand
+		// tracker provides them.
+		Index: indexInfo(cfg, ups, parts, s.info.Version),
 	}
 	if len(cfg.Mirrors) > 0 {
 		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log}
-		for _, m := range cfg.Mirrors {
-			if m.Enabled {
-				opts.Index.Mirrors = append(opts.Index.Mirrors, mirrorLabel(m))
-			}
-		}
 	}
 	if hasProxyRoute(cfg) {
 		clients, err := newUpstreamClients(cfg, s.log)
@@ -143,21 +130,6 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	}
 	g.handler = redirector.New(opts)
 	return g, nil
-}
-
-// indexExample is an image to show in the pull example: the first repository sync copies.
-func indexExample(cfg *config.Config) string {
-	if len(cfg.Sync.Repositories) > 0 {
-		return cfg.Sync.Repositories[0].Name + ":latest"
-	}
-	return ""
-}
-
-func mirrorLabel(m config.Mirror) string {
-	if m.Country != "" {
-		return m.Name + " (" + m.Country + ")"
-	}
-	return m.Name
 }
 
 // UpstreamTable builds the upstream routes of cfg.
