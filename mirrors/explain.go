@@ -68,6 +68,8 @@ type ExplainedDecision struct {
 	Signed  bool      `json:"signed,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
 	Size    int64     `json:"size"`
+	// Missed is the first-ranked mirror when it lacked the blob (Decision.Missed).
+	Missed string `json:"missed,omitempty"`
 }
 
 // Explain decides like Choose and records why. Unlike Choose it checks presence on every ranked
@@ -141,7 +143,7 @@ func explainClient(l geo.Location) ExplainedClient {
 }
 
 func explainDecision(d Decision) ExplainedDecision {
-	e := ExplainedDecision{Mirror: d.Mirror, Reason: d.Reason, Size: d.Size, Expires: d.Expires}
+	e := ExplainedDecision{Mirror: d.Mirror, Reason: d.Reason, Size: d.Size, Expires: d.Expires, Missed: d.Missed}
 	if d.Mirror == "" {
 		e.Mirror = upstream.XMirror
 	}

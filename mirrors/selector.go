@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"net/url"
 	"strconv"
 	"sync/atomic"
@@ -152,6 +153,12 @@ type Decision struct {
 	Reason   string // the X-Mirror-Reason value, one of the Reason constants
 	Size     int64  // from the presence check; -1 when unknown
 	Expires  time.Time
+	// Missed is the mirror that ranked first for the client but lacked the blob (its presence
+	// check said absent, not failed or skipped): demand for a copy there. "" otherwise.
+	Missed string
+	// DistanceKm is the great-circle distance from the client to Mirror; negative when the
+	// upstream serves or either place is unknown.
+	DistanceKm float64
 }
 
 // The reasons a Decision gives. A mirror was chosen for the first rank it won on; the fallbacks
@@ -283,7 +290,7 @@ func (s *Selector) Choose(ctx context.Context, q Query) Decision {
 	return s.walk(ctx, &q, cands, nil, now)
 }
 
-func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1} }
+func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1, DistanceKm: -1} }
 
 // errBudget stops a walk that has used up its time.
 var errBudget = errors.New("no time left for this request")
@@ -299,12 +306,16 @@ func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explana
 		chosen bool
 		d      Decision
 	)
+	missed := ""
 	if tr == nil {
 		b := s.best(cands, ah)
 		if d, ok := w.try(&cands[b]); ok {
 			return d
 		}
 		tried = cands[b].idx
+		if w.absent {
+			missed = s.mirrors[tried].name
+		}
 	}
 	s.order(cands, ah, tr)
 	for i := range cands {
@@ -319,20 +330,25 @@ func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explana
 			continue
 		}
 		d, chosen = w.try(&cands[i])
+		if tr != nil && i == 0 && !chosen && w.absent {
+			missed = s.mirrors[cands[i].idx].name
+		}
 	}
-	if chosen {
-		return d
+	if !chosen {
+		// An error wins over "not present": the blob may well be on the mirror that failed, and
+		// that is what an operator needs to see. A check skipped for a busy mirror comes next,
+		// for the same reason.
+		switch {
+		case w.failed:
+			d = toUpstream(ReasonError)
+		case w.busy:
+			d = toUpstream(ReasonBusy)
+		default:
+			d = toUpstream(ReasonNotPresent)
+		}
 	}
-	// An error wins over "not present": the blob may well be on the mirror that failed, and that
-	// is what an operator needs to see. A check skipped for a busy mirror comes next, for the
-	// same reason.
-	if w.failed {
-		return toUpstream(ReasonError)
-	}
-	if w.busy {
-		return toUpstream(ReasonBusy)
-	}
-	return toUpstream(ReasonNotPresent)
+	d.Missed = missed
+	return d
 }
 
 // walker is the state of one walk over the candidates. It copies what it needs of the Query rather
@@ -348,6 +364,7 @@ type walker struct {
 	deadline time.Time // set at the first network call, so a warm choice reads the clock once
 	failed   bool
 	busy     bool // a candidate was skipped for its budget or its pacing
+	absent   bool // the last check found the blob absent
 }
 
 // now is the time for cache expiry: the choice's start until a network call has taken time, the
@@ -365,6 +382,7 @@ func (w *walker) check(c *cand) (Object, bool) {
 	if w.tr != nil {
 		me = &w.tr.Mirrors[c.idx]
 	}
+	w.absent = false
 	if w.s.mirrors[c.idx].assumed {
 		if me != nil {
 			me.Presence = "assumed"
@@ -386,6 +404,7 @@ func (w *walker) check(c *cand) (Object, bool) {
 		}
 		return obj, false
 	case !obj.Exists:
+		w.absent = true
 		if me != nil {
 			me.Presence, me.Cached, me.Excluded = "absent", cached, "not present"
 		}
@@ -418,7 +437,11 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	if !w.known {
 		reason = ReasonNoGeo
 	}
-	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Location: su.s, Reason: reason, Size: obj.Size, Expires: su.expires}, true
+	km := c.km
+	if math.IsInf(km, 1) {
+		km = -1
+	}
+	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Location: su.s, Reason: reason, Size: obj.Size, Expires: su.expires, DistanceKm: km}, true
 }
 
 // present reports whether mirror i holds d, from the cache or from one merged backend check. A

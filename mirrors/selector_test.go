@@ -572,3 +572,49 @@ func TestChooseWarmReadsClockOnce(t *testing.T) {
 		t.Errorf("a warm choice read the clock %d times, want 1", n)
 	}
 }
+
+// TestChooseMissedAndDistance: a decision names the first-ranked mirror when it lacked the blob
+// (not when it failed or was merely not first), and carries the distance to the mirror chosen.
+func TestChooseMissedAndDistance(t *testing.T) {
+	k := keyOf(t, 1)
+	fr := loc("81.2.69.142", "FR", 48.9, 2.35)
+	tests := []struct {
+		name       string
+		setup      func(near, far *fakeBackend)
+		loc        geo.Location
+		wantMirror string
+		wantMissed string
+		wantKm     [2]float64 // a range; {-1, -1} for unknown
+	}{
+		{"served by the first", nil, fr, "near", "", [2]float64{450, 500}},
+		{"first lacks it", func(n, f *fakeBackend) { delete(n.present, k) }, fr, "far", "near", [2]float64{6100, 6300}},
+		{"first lacks it, nobody has it", func(n, f *fakeBackend) { delete(n.present, k); delete(f.present, k) }, fr, "", "near", [2]float64{-1, -1}},
+		{"second lacks it", func(n, f *fakeBackend) { delete(f.present, k) }, fr, "near", "", [2]float64{450, 500}},
+		{"first fails: no miss", func(n, f *fakeBackend) { n.err = errFake }, fr, "far", "", [2]float64{6100, 6300}},
+		{"no coordinates", nil, loc("81.2.69.142", "FR"), "near", "", [2]float64{-1, -1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nb, fb := newFake("near", k), newFake("far", k)
+			if tt.setup != nil {
+				tt.setup(nb, fb)
+			}
+			s := NewSelector([]*Mirror{
+				mustMirror(t, Spec{Name: "near", Country: "DE", Location: atFrankfurt}, nb),
+				mustMirror(t, Spec{Name: "far", Country: "US", Location: atVirginia}, fb),
+			}, Options{})
+			d := s.Choose(t.Context(), Query{Loc: tt.loc, Digest: digest(t, 1)})
+			if d.Mirror != tt.wantMirror || d.Missed != tt.wantMissed {
+				t.Errorf("mirror %q, missed %q; want %q, %q", d.Mirror, d.Missed, tt.wantMirror, tt.wantMissed)
+			}
+			if d.DistanceKm < tt.wantKm[0] || d.DistanceKm > tt.wantKm[1] {
+				t.Errorf("distance %.1f km; want %v", d.DistanceKm, tt.wantKm)
+			}
+			// Explain makes the same decision, misses included.
+			e := s.Explain(t.Context(), Query{Loc: tt.loc, Digest: digest(t, 1)})
+			if e.Decision.Missed != tt.wantMissed {
+				t.Errorf("Explain: missed %q; want %q", e.Decision.Missed, tt.wantMissed)
+			}
+		})
+	}
+}

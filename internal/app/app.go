@@ -32,6 +32,7 @@ type Service struct {
 	log     *slog.Logger
 	info    BuildInfo
 	metrics *Metrics
+	demand  *demandVecs
 	cur     atomic.Pointer[generation]
 
 	// Set by Watch; a service without them is never reloaded.
@@ -64,6 +65,7 @@ type generation struct {
 // here, with the file or mirror named, before any port is opened.
 func New(ctx context.Context, cfg *config.Config, info BuildInfo, log *slog.Logger) (*Service, error) {
 	s := &Service{log: log, info: info, metrics: NewMetrics(info)}
+	s.demand = newDemandVecs(s.metrics.reg)
 	g, err := s.build(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -91,6 +93,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	adminPaths := map[string]http.Handler{"/metrics": s.metrics.Handler()}
 	if cfg.Admin.Enabled {
 		adminPaths["/_/resolve"] = resolveHandler(parts, ups, s.log)
+		adminPaths["/_/demand"] = s.demand.handler()
 	}
 	if cfg.Admin.Listen == "" {
 		maps.Copy(mount, adminPaths)
@@ -114,7 +117,7 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		Index: indexInfo(cfg, ups, parts, s.info.Version),
 	}
 	if len(cfg.Mirrors) > 0 {
-		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log}
+		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log, demand: s.demand.recorder(cfg, parts.Selector.Mirrors())}
 	}
 	if hasProxyRoute(cfg) {
 		clients, err := newUpstreamClients(cfg, s.log)

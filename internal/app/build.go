@@ -226,14 +226,18 @@ func newHTTPClient(timeout time.Duration) *http.Client {
 
 // blobRouter answers the redirector's blob questions: locate the client, then choose a mirror.
 type blobRouter struct {
-	loc *geo.Locator
-	sel *mirrors.Selector
-	log *slog.Logger
+	loc    *geo.Locator
+	sel    *mirrors.Selector
+	log    *slog.Logger
+	demand *demandRecorder // nil: demand not counted
 }
 
 func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redirector.BlobTarget {
 	loc := b.loc.Locate(q.Client)
 	d := b.sel.Choose(ctx, mirrors.Query{Loc: loc, Digest: q.Digest, Method: q.Method})
+	if b.demand != nil {
+		b.demand.record(loc.Continent, q.Name, q.Digest, &d)
+	}
 	if b.log.Enabled(ctx, slog.LevelDebug) {
 		// Signed URLs are credentials for their lifetime: only their redacted form is logged.
 		target := "upstream"
