@@ -59,12 +59,12 @@ if [[ -z ${BENCH_WORK:-} ]]; then
 	work=$(mktemp -d /tmp/oci-proxy-bench.XXXXXX)
 	trap 'rm -rf "$work"' EXIT
 	echo "building into $work" >&2
-	go build -trimpath -o "$work/oci-proxy" ./cmd/oci-proxy
+	go build -trimpath -tags disable_grpc_modules -o "$work/oci-proxy" ./cmd/oci-proxy
 	go build -trimpath -o "$work/benchsrv" ./internal/benchsrv
 	if [[ -n $BASELINE ]]; then
 		mkdir "$work/base-src"
 		git archive "$BASELINE" | tar -x -C "$work/base-src"
-		(cd "$work/base-src" && go build -trimpath -o "$work/oci-proxy-base" ./cmd/oci-proxy)
+		(cd "$work/base-src" && go build -trimpath -tags disable_grpc_modules -o "$work/oci-proxy-base" ./cmd/oci-proxy)
 		git rev-parse --short "$BASELINE" >"$work/base-rev"
 	fi
 	export BENCH_WORK=$work BENCH_GOBIN=$gobin

@@ -80,10 +80,11 @@ for p in ${platforms//,/ }; do
 	out="$work/${p//\//-}/oci-proxy"
 	start=$SECONDS
 	# Everything that changes the binary is pinned here rather than taken from the caller's
-	# environment: microarchitecture levels, VCS stamping, cgo.
+	# environment: microarchitecture levels, VCS stamping, cgo; and the build tags (see
+	# scripts/build.sh for disable_grpc_modules).
 	env CGO_ENABLED=0 GOOS="$goos" GOARCH="$goarch" GOARM="$goarm" GOAMD64=v1 GOARM64=v8.0 \
 		GOFLAGS=-buildvcs=true GOEXPERIMENT= \
-		go build -trimpath -o "$out" \
+		go build -trimpath -tags disable_grpc_modules -o "$out" \
 		-ldflags "-s -w -X main.version=$version -X main.commit=$commit -X main.date=$created" \
 		./cmd/oci-proxy
 	log "built $p in $((SECONDS - start))s"

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,13 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 			admin.Handle(p, h)
 		}
 		admin.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+		// Profiles only on a listener of its own, which operators keep private: never on the
+		// public one, where anyone could make the service spend 30 s profiling itself.
+		admin.HandleFunc("/debug/pprof/", pprof.Index)
+		admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		g.admin = admin
 	}
 	opts := redirector.Options{

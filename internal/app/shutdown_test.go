@@ -76,7 +76,8 @@ func TestShutdownGrace(t *testing.T) {
 	}
 }
 
-// With admin.listen, /metrics and /_/resolve move off the public listener.
+// With admin.listen, /metrics and /_/resolve move off the public listener; Go's profiles are
+// only ever served there.
 func TestAdminListener(t *testing.T) {
 	addr, admin := testenv.Addr(t, "127.0.0.1"), testenv.Addr(t, "127.0.0.1")
 	path := filepath.Join(t.TempDir(), "config.yaml")
@@ -118,6 +119,9 @@ func TestAdminListener(t *testing.T) {
 		{"http://" + addr + "/metrics", 404},
 		{"http://" + addr + "/_/resolve?ip=192.0.2.1", 404},
 		{"http://" + addr + "/v2/", 200},
+		{"http://" + admin + "/debug/pprof/heap", 200},
+		{"http://" + admin + "/debug/pprof/", 200},
+		{"http://" + addr + "/debug/pprof/heap", 404},
 	} {
 		if got := get(tc.url); got != tc.want {
 			t.Errorf("GET %s = %d, want %d", tc.url, got, tc.want)

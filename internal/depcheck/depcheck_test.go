@@ -159,3 +159,36 @@ func TestRulesCatchAnArrow(t *testing.T) {
 		t.Errorf("the rules let the request path link the AWS SDK: %v", users)
 	}
 }
+
+// buildTags are the tags every script that builds the service passes to go build.
+const buildTags = "disable_grpc_modules"
+
+// The service's builds leave out the gRPC DirectPath dependencies of cloud.google.com/go/storage
+// (xDS, Envoy's protobufs): the JSON API the service uses never reaches them, and their package
+// initialisation alone keeps 9 MB of the executable resident. The test fails when a script stops
+// passing the tag or a new dependency brings them back under it.
+func TestBuildLeavesOutGRPCDirectPath(t *testing.T) {
+	for _, script := range []string{"scripts/build.sh", "scripts/release.sh", "scripts/bench.sh"} {
+		b, err := os.ReadFile("../../" + script)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "go build") && !strings.Contains(line, "-tags "+buildTags) &&
+				!strings.Contains(line, "benchsrv") && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+				t.Errorf("%s:%d: go build without -tags %s", script, i+1, buildTags)
+			}
+		}
+	}
+	cmd := exec.Command("go", "list", "-tags", buildTags, "-deps", module+"/cmd/oci-proxy")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "github.com/envoyproxy/") || strings.HasPrefix(p, "google.golang.org/grpc/xds") {
+			t.Errorf("cmd/oci-proxy built with -tags %s still depends on %s", buildTags, p)
+		}
+	}
+}
