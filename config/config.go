@@ -153,6 +153,26 @@ type Mirror struct {
 	AddressFamily    Family
 	Weight           int           // 0 to MaxWeight; DefaultWeight when not given
 	SigningTTL       time.Duration // the mirror's signing_ttl, else signing.ttl
+	// Sync is what `oci-proxy sync` copies into the mirror.
+	Sync SyncMode
+}
+
+// SyncMode is what `oci-proxy sync` copies into a mirror.
+type SyncMode uint8
+
+const (
+	// SyncAll copies every configured repository (the default).
+	SyncAll SyncMode = iota
+	// SyncDemand copies only what clients near the mirror asked for and it lacked, with
+	// `oci-proxy sync --demand`; plain `oci-proxy sync` leaves it alone.
+	SyncDemand
+)
+
+func (m SyncMode) String() string {
+	if m == SyncDemand {
+		return "demand"
+	}
+	return "all"
 }
 
 // Signing sets the lifetime of signed URLs.

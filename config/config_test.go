@@ -78,6 +78,7 @@ mirrors:
     country: de
     location: {lat: 50.1, lon: 8.7}
     only_continents: [eu]
+    sync: demand
   - name: cdn
     provider: http
     base_url: https://cdn.example.com/blobs/
@@ -98,6 +99,9 @@ mirrors:
 	m := c.Mirrors[0]
 	if m.Country != "DE" || m.Continent != "EU" || m.OnlyContinents[0] != "EU" || m.Weight != DefaultWeight || !m.Enabled || m.Line != 5 {
 		t.Errorf("mirror 0 = %+v", m)
+	}
+	if m.Sync != SyncDemand || c.Mirrors[1].Sync != SyncAll || m.Sync.String() != "demand" {
+		t.Errorf("sync modes = %v, %v; want demand, all", m.Sync, c.Mirrors[1].Sync)
 	}
 	if c.Mirrors[1].Enabled || c.Mirrors[1].Weight != 0 {
 		t.Errorf("mirror 1: enabled/weight not kept: %+v", c.Mirrors[1])

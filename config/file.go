@@ -64,6 +64,7 @@ type rawMirror struct {
 	AddressFamily    string        `yaml:"address_family"`
 	Weight           *int          `yaml:"weight"`
 	SigningTTL       time.Duration `yaml:"signing_ttl"`
+	Sync             string        `yaml:"sync"`
 }
 
 type rawSigning struct {

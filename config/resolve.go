@@ -451,6 +451,16 @@ func resolveMirrors(r *rawConfig, defaultTTL time.Duration, v *validator) []Mirr
 				at("weight", "weight must be between 0 and %d", MaxWeight)
 			}
 		}
+		switch strings.ToLower(rm.Sync) {
+		case "", "all":
+		case "demand":
+			m.Sync = SyncDemand
+			if rm.Provider == "http" {
+				at("sync", "sync: demand needs a mirror that sync can write (s3 or gcs), not an http one")
+			}
+		default:
+			at("sync", "sync must be all or demand, not %q", rm.Sync)
+		}
 		switch {
 		case m.SigningTTL == 0:
 			m.SigningTTL = defaultTTL

@@ -33,3 +33,31 @@ func FuzzParseSnapshot(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseVector: a Prometheus answer either parses into finite, non-negative samples with
+// printable labels, or is refused; never a panic.
+func FuzzParseVector(f *testing.F) {
+	f.Add([]byte(`{"status":"success","data":{"resultType":"vector","result":[{"metric":{"mirror":"a","repository":"b"},"value":[1.5,"3"]}]}}`))
+	f.Add([]byte(`{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}`))
+	f.Add([]byte(`{"status":"error","error":"x"}`))
+	f.Add([]byte(`{"status":"success","data":{"resultType":"vector","result":[{"metric":{"le":"+Inf"},"value":[1]}]}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ss, err := ParseVector(bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		for _, s := range ss {
+			if !finite(s.Value) {
+				t.Fatalf("sample value %v", s.Value)
+			}
+			for k, v := range s.Labels {
+				if !printable(k) || !printable(v) {
+					t.Fatalf("label %q=%q", k, v)
+				}
+			}
+		}
+		if _, err := histograms(ss); err == nil {
+			return
+		}
+	})
+}

@@ -4,7 +4,7 @@
 //	oci-proxy serve    --config config.yaml [--listen :8080] [--log-format text|json]
 //	oci-proxy validate --config config.yaml
 //	oci-proxy resolve  --config config.yaml --ip 81.2.69.142 [--digest sha256:...] [--json]
-//	oci-proxy sync     --config config.yaml [--dry-run] [--every 1h] [--concurrency 4] [--json]
+//	oci-proxy sync     --config config.yaml [--dry-run] [--every 1h] [--concurrency 4] [--json] [--demand prometheus=URL]
 //	oci-proxy version
 package main
 
@@ -77,7 +77,9 @@ Usage:
   oci-proxy validate --config FILE
   oci-proxy resolve  --config FILE --ip ADDR [--name REPOSITORY] [--digest DIGEST] [--method GET|HEAD] [--json]
   oci-proxy sync     --config FILE [--dry-run] [--every DURATION] [--concurrency N] [--json]
-                     (copies blobs from the upstream into the s3 and gcs mirrors; exits 1 on failures)
+                     [--demand prometheus=URL|URL ... [--demand-min 10] [--demand-window 24h]]
+                     (copies blobs from the upstream into the s3 and gcs mirrors; exits 1 on failures;
+                     with --demand, into the sync: demand mirrors what their clients missed)
   oci-proxy version
 
 Environment:

@@ -39,6 +39,10 @@ func syncCmd(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&opts.JSON, "json", false, "print reports (and, without a terminal, progress lines) as JSON")
 	listen := fs.String("listen", "", "serve the push webhooks (POST /webhooks/registry, /webhooks/pubsub) on ADDR")
 	fs.DurationVar(&opts.StopTimeout, "stop-timeout", app.DefaultStopTimeout, "on SIGTERM, how long copies in flight may take to finish")
+	var demandFrom listFlag
+	fs.Var(&demandFrom, "demand", "fill the `sync: demand` mirrors from this demand source: prometheus=URL, or a proxy's /_/demand URL (repeat for several replicas)")
+	fs.Float64Var(&opts.DemandMin, "demand-min", app.DefaultDemandMin, "with --demand: misses at a mirror that make a repository copied there")
+	fs.DurationVar(&opts.DemandWindow, "demand-window", app.DefaultDemandWindow, "with --demand: the window misses are counted over (Prometheus; a /_/demand source has decaying counts)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := parse(fs, args); err != nil {
@@ -77,6 +81,21 @@ func syncCmd(args []string, stdout, stderr io.Writer) error {
 	if opts.ProgressEvery < time.Second {
 		fmt.Fprintf(stderr, "oci-proxy sync: --progress-every must be at least 1s\n")
 		return errUsage
+	}
+	if opts.DemandMin <= 0 || opts.DemandWindow < time.Second {
+		fmt.Fprintf(stderr, "oci-proxy sync: --demand-min must be positive and --demand-window at least 1s\n")
+		return errUsage
+	}
+	if len(demandFrom) > 0 && *listen != "" {
+		fmt.Fprintf(stderr, "oci-proxy sync: --demand fills the demand mirrors by rounds; run the push webhooks (--listen) in a sync of their own\n")
+		return errUsage
+	}
+	if len(demandFrom) > 0 {
+		var err error
+		if opts.Demand, err = app.ParseDemandSources(demandFrom); err != nil {
+			fmt.Fprintf(stderr, "oci-proxy sync: %v\n", err)
+			return errUsage
+		}
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -155,5 +174,15 @@ func (s *sizeFlag) Set(v string) error {
 		return fmt.Errorf("%q is not a size such as 8MiB", v)
 	}
 	*s = sizeFlag(n * mult)
+	return nil
+}
+
+// listFlag collects the values of a flag given several times.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ", ") }
+
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
 	return nil
 }

@@ -15,13 +15,6 @@ import (
 	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
-// Names of the demand metrics; `oci-proxy demand` and `sync --demand` query them.
-const (
-	metricMisses   = "oci_proxy_demand_misses_total"
-	metricRequests = "oci_proxy_blob_requests_total"
-	metricDistance = "oci_proxy_blob_distance_km"
-)
-
 // demandVecs are the demand metrics, registered once; each configuration resolves its children
 // (demandRecorder). Labels come from fixed sets only: mirror names, configured repository names
 // or demand.Other, and demand.Continents.
@@ -36,15 +29,15 @@ type demandVecs struct {
 func newDemandVecs(reg *prometheus.Registry) *demandVecs {
 	v := &demandVecs{
 		misses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: metricMisses,
+			Name: demand.MetricMisses,
 			Help: "Blob requests whose first-ranked mirror lacked the blob, by that mirror and repository (a sync.repositories name, else \"other\").",
 		}, []string{"mirror", "repository"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: metricRequests,
+			Name: demand.MetricRequests,
 			Help: "Blob requests by client continent (\"unknown\" when not located) and the mirror that served them (\"upstream\" for the upstream).",
 		}, []string{"continent", "mirror"}),
 		distance: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    metricDistance,
+			Name:    demand.MetricDistance,
 			Help:    "Great-circle distance in km from the client to the mirror that served its blob request, by client continent (requests served by the upstream or with a place unknown are not counted).",
 			Buckets: demand.DistanceBuckets,
 		}, []string{"continent"}),
@@ -160,13 +153,13 @@ func (v *demandVecs) snapshot(top int) demand.Data {
 	fams, _ := v.reg.Gather() // a partial answer is still worth showing
 	for _, f := range fams {
 		switch f.GetName() {
-		case metricRequests:
+		case demand.MetricRequests:
 			for _, m := range f.GetMetric() {
 				if n := m.GetCounter().GetValue(); n > 0 {
 					d.Served = append(d.Served, demand.Served{Continent: label(m, "continent"), Mirror: label(m, "mirror"), Requests: n})
 				}
 			}
-		case metricDistance:
+		case demand.MetricDistance:
 			for _, m := range f.GetMetric() {
 				h := m.GetHistogram()
 				if h.GetSampleCount() == 0 {

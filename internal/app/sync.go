@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/config"
+	"github.com/happy-turtle/oci-proxy/demand"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/mirrors/gcs"
 	"github.com/happy-turtle/oci-proxy/mirrors/s3"
@@ -53,6 +54,13 @@ type SyncOptions struct {
 	// StopTimeout bounds how long a stopping daemon waits for the copies in flight before it
 	// cuts them off. 0: DefaultStopTimeout.
 	StopTimeout time.Duration
+	// Demand, when set, makes each run fill the `sync: demand` mirrors from these sources
+	// (DemandReport) instead of copying everything into the others. DemandMin (0:
+	// DefaultDemandMin) misses over DemandWindow (0: DefaultDemandWindow) make a repository
+	// copied into a mirror.
+	Demand       []demand.Source
+	DemandMin    float64
+	DemandWindow time.Duration
 }
 
 // DefaultSyncConcurrency is how many blobs `oci-proxy sync` copies at once.
@@ -98,7 +106,8 @@ type Sync struct {
 	closer   io.Closer
 	opts     SyncOptions
 	log      *slog.Logger
-	reports  sync.Mutex // one report printed at a time
+	reports  sync.Mutex  // one report printed at a time
+	demand   *demandSync // nil: plain sync
 }
 
 // NewSync builds the syncer for cfg: its writable mirrors as targets, its upstream routes as
@@ -146,13 +155,38 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 	if opts.Progress != ProgressNone {
 		progress = &syncer.Progress{}
 	}
-	s := syncer.New(syncPlan(cfg, targets), ups, targets, syncer.Options{
+	sopts := syncer.Options{
 		Concurrency: opts.Concurrency, DryRun: opts.DryRun, Logger: log, Stall: opts.Stall, Progress: progress,
 		// The upstream clients authenticate (no Keychain: go-containerregistry's own token flow
 		// must not).
 		Transport: clients,
-	})
-	return &Sync{cfg: cfg, ups: ups, syncer: s, progress: progress, closer: closeAll{closer, clients}, opts: opts, log: log}, nil
+	}
+	all, byDemand := splitTargets(cfg, targets)
+	s := &Sync{cfg: cfg, ups: ups, syncer: syncer.New(syncPlan(cfg, all), ups, all, sopts), progress: progress, closer: closeAll{closer, clients}, opts: opts, log: log}
+	if len(opts.Demand) > 0 {
+		if len(byDemand) == 0 {
+			s.Close()
+			return nil, fmt.Errorf("%s: %w", cfg.File, errNoDemandMirror)
+		}
+		d := &demandSync{sources: opts.Demand, min: opts.DemandMin, window: opts.DemandWindow, targets: map[string]syncer.Target{}, repos: map[string]syncer.Repository{},
+			newSyncer: func(p syncer.Plan, ts []syncer.Target) *syncer.Syncer { return syncer.New(p, ups, ts, sopts) }}
+		if d.min <= 0 {
+			d.min = DefaultDemandMin
+		}
+		if d.window <= 0 {
+			d.window = DefaultDemandWindow
+		}
+		for _, t := range byDemand {
+			d.mirrors = append(d.mirrors, t.Name)
+			d.targets[t.Name] = t
+		}
+		for _, r := range cfg.Sync.Repositories {
+			d.names = append(d.names, r.Name)
+			d.repos[r.Name] = syncer.Repository{Name: r.Name, Tags: r.Tags}
+		}
+		s.demand = d
+	}
+	return s, nil
 }
 
 // uploaderOf is the syncer's Uploader for a mirror's writer: the S3 and GCS backends' own
@@ -218,7 +252,13 @@ func (s *Sync) showProgress(ctx context.Context) (stop func()) {
 // Close releases the mirrors' clients.
 func (s *Sync) Close() error { return s.closer.Close() }
 
-func (s *Sync) show(rep syncer.Report) {
+// report is what a run printed: a plain sync's or a demand round's.
+type report interface {
+	WriteText(io.Writer) error
+	Failures() int
+}
+
+func (s *Sync) show(rep report) {
 	s.reports.Lock()
 	defer s.reports.Unlock()
 	var err error
@@ -232,20 +272,28 @@ func (s *Sync) show(rep syncer.Report) {
 	}
 }
 
+// all is one run: every repository into the `sync: all` mirrors or, with Demand, a demand round.
+func (s *Sync) all(ctx context.Context) (report, error) {
+	if s.demand != nil {
+		return s.demand.round(ctx)
+	}
+	return s.syncer.All(ctx)
+}
+
 // Once copies every configured repository once and prints the report. The error says how many
 // copies failed, if any did. When ctx ends (SIGTERM), no new copy starts and the copies under way
 // finish, for up to StopTimeout.
 func (s *Sync) Once(ctx context.Context) error {
 	life := newLifecycle(ctx)
 	var (
-		rep syncer.Report
+		rep report
 		err error
 	)
 	finished := make(chan struct{})
 	stopProgress := s.showProgress(context.WithoutCancel(ctx))
 	life.Go(func(work context.Context) {
 		defer close(finished)
-		rep, err = s.syncer.All(syncer.WithStop(work, ctx.Done()))
+		rep, err = s.all(syncer.WithStop(work, ctx.Done()))
 	})
 	select {
 	case <-finished:
@@ -301,7 +349,7 @@ func (s *Sync) Run(ctx context.Context, every time.Duration, listen string) erro
 // which outlives stopping so that a run under way finishes.
 func (s *Sync) schedule(stopping, work context.Context, every time.Duration) {
 	for {
-		rep, err := s.syncer.All(syncer.WithStop(work, stopping.Done()))
+		rep, err := s.all(syncer.WithStop(work, stopping.Done()))
 		if work.Err() != nil {
 			return
 		}

@@ -55,6 +55,8 @@ func syncPlan(cfg *config.Config, targets []syncer.Target) syncer.Plan {
 		case isTarget[m.Name]:
 		case !m.Enabled:
 			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "disabled"})
+		case m.Sync == config.SyncDemand:
+			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "sync: demand (filled by sync --demand)"})
 		default:
 			p.Skipped = append(p.Skipped, syncer.SkippedMirror{Name: m.Name, Reason: "not writable (" + m.Provider.String() + " mirror)"})
 		}
