@@ -16,6 +16,8 @@ apt_wanted=(
 	skopeo:skopeo
 	podman:podman
 	curl:curl
+	# headless, driven by the index page's end-to-end test (chromedp)
+	chromium:chromium
 	git:git
 	# podman runs as root with vfs storage in the tests; these are what it expects around it
 	# (apt installs them as its recommendations, listed here so a --no-install-recommends
