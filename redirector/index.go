@@ -111,6 +111,7 @@ type indexData struct {
 
 type indexRow struct {
 	Mirror *IndexMirror
+	Cells  template.HTML // the configuration's cells, escaped once: "mirror-cells"
 	Health IndexHealth
 	Rank   *IndexRank // nil without a visitor, or when the visitor's ranks do not name it
 	Chosen bool
@@ -122,6 +123,7 @@ type indexRow struct {
 type indexPage struct {
 	info       IndexInfo
 	head, tail []byte
+	cells      []template.HTML // per mirror
 	bufs       sync.Pool
 }
 
@@ -130,6 +132,10 @@ func newIndexPage(info IndexInfo) *indexPage {
 	st := p.static()
 	p.head = mustRender("head", st)
 	p.tail = mustRender("tail", st)
+	for i := range p.info.Mirrors {
+		// Safe as HTML: html/template escaped every value in it.
+		p.cells = append(p.cells, template.HTML(mustRender("mirror-cells", &p.info.Mirrors[i])))
+	}
 	p.bufs.New = func() any { return new(bytes.Buffer) }
 	return p
 }
@@ -169,7 +175,7 @@ func (p *indexPage) data(addr netip.Addr) indexData {
 	d.Rows = make([]indexRow, len(p.info.Mirrors))
 	for i := range p.info.Mirrors {
 		m := &p.info.Mirrors[i]
-		r := indexRow{Mirror: m, Health: IndexHealth{Mirror: m.Name, OK: true, Text: "-"}, Misses: misses[m.Name]}
+		r := indexRow{Mirror: m, Cells: p.cells[i], Health: IndexHealth{Mirror: m.Name, OK: true, Text: "-"}, Misses: misses[m.Name]}
 		for _, h := range health {
 			if h.Mirror == m.Name {
 				r.Health = h
