@@ -150,3 +150,29 @@ func TestPullTag(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkIndexPageOfService is a visit of the index page through the wired service: trusted
+// proxy and one X-Forwarded-For hop, GeoIP City and ASN lookup, the ranking of two mirrors, their
+// health and the page. BenchmarkBlobRedirectWarm, the same client's blob redirect, is the
+// reference it is read against.
+func BenchmarkIndexPageOfService(b *testing.B) {
+	eu := newBlobServer(b, "eu/blobs/", blobA)
+	us := newBlobServer(b, "", blobA)
+	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer svc.Close()
+	req := httptest.NewRequest("GET", "/", nil)
+	req.RemoteAddr = "192.0.2.1:5000"
+	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	w := &nullWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		svc.Handler().ServeHTTP(w, req)
+	}
+	if w.h.Get("Content-Length") == "" || eu.headCount()+us.headCount() != 0 {
+		b.Fatalf("no page, or %d presence checks", eu.headCount()+us.headCount())
+	}
+}
