@@ -120,11 +120,11 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 		Mount:      mount,
 		Observer:   s.metrics,
 		Logger:     s.log,
-		// The page's Misses (demand data) stays nil, and its column hidden, until a demand
-		// tracker provides them.
-		Index: indexInfo(cfg, ups, parts, s.info.Version),
+		Index:      indexInfo(cfg, ups, parts, s.info.Version),
 	}
 	if len(cfg.Mirrors) > 0 {
+		// What each mirror missed since the service started: this replica's demand counters.
+		opts.Index.Misses = s.demand.MirrorMisses
 		opts.Blobs = blobRouter{loc: parts.Locator, sel: parts.Selector, log: s.log, demand: s.demand.recorder(cfg, parts.Selector.Mirrors())}
 	}
 	if hasProxyRoute(cfg) {

@@ -133,6 +133,27 @@ sync:
 	if rec.Code != http.StatusOK || s3N.Load() == 0 {
 		t.Errorf("/_/resolve: status %d, %d requests to the s3 mirror; want 200 and its credentials probed", rec.Code, s3N.Load())
 	}
+
+	// A blob that eu-west, first for a German client, lacks (every mirror here answers 404)
+	// shows in its Missed column.
+	page := func() string {
+		req := httptest.NewRequest("GET", "/", nil)
+		rec := httptest.NewRecorder()
+		svc.Handler().ServeHTTP(rec, req)
+		return rec.Body.String()
+	}
+	missed := `<td class="misses">0</td></tr>`
+	if got := strings.Count(page(), missed); got != 3 {
+		t.Errorf("%d mirrors show no misses, want all 3", got)
+	}
+	req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
+	req.RemoteAddr = "192.0.2.1:5000"
+	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	svc.Handler().ServeHTTP(httptest.NewRecorder(), req)
+	body := page()
+	if i := strings.Index(body, `data-mirror="eu-west"`); i < 0 || !strings.HasPrefix(body[i+strings.Index(body[i:], `<td class="misses">`):], `<td class="misses">1</td>`) {
+		t.Errorf("eu-west's row does not show the miss:\n%s", body)
+	}
 }
 
 func TestPullTag(t *testing.T) {
