@@ -5,6 +5,7 @@
 //	oci-proxy validate --config config.yaml
 //	oci-proxy resolve  --config config.yaml --ip 81.2.69.142 [--digest sha256:...] [--json]
 //	oci-proxy sync     --config config.yaml [--dry-run] [--every 1h] [--concurrency 4] [--json] [--demand prometheus=URL]
+//	oci-proxy demand   --config config.yaml --from prometheus=URL [--window 24h] [--json]
 //	oci-proxy version
 package main
 
@@ -21,6 +22,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/app"
 )
@@ -80,6 +82,9 @@ Usage:
                      [--demand prometheus=URL|URL ... [--demand-min 10] [--demand-window 24h]]
                      (copies blobs from the upstream into the s3 and gcs mirrors; exits 1 on failures;
                      with --demand, into the sync: demand mirrors what their clients missed)
+  oci-proxy demand   --config FILE --from prometheus=URL|URL ... [--window 24h] [--json]
+                     (blob requests served and missed per mirror, distances per client continent,
+                     and where a new mirror would shorten them most)
   oci-proxy version
 
 Environment:
@@ -110,6 +115,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = resolve(args[1:], stdout, stderr)
 	case "sync":
 		err = syncCmd(args[1:], stdout, stderr)
+	case "demand":
+		err = demandCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		info := buildInfo()
 		fmt.Fprintf(stdout, "oci-proxy %s (commit %s, built %s, %s)\n", info.Version, info.Commit, info.Date, runtime.Version())
@@ -225,6 +232,32 @@ func resolve(args []string, stdout, stderr io.Writer) error {
 	err := app.Resolve(ctx, *cfgPath, q, stdout)
 	if errors.Is(err, app.ErrInput) {
 		fmt.Fprintf(stderr, "oci-proxy resolve: %v\n", err)
+		return errUsage
+	}
+	return err
+}
+
+func demandCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demand", stderr)
+	cfgPath := fs.String("config", "config.yaml", "configuration file (YAML)")
+	var q app.DemandQuery
+	var from listFlag
+	fs.Var(&from, "from", "demand source: prometheus=URL, or a proxy's /_/demand URL (repeat for several replicas)")
+	fs.DurationVar(&q.Window, "window", app.DefaultDemandWindow, "the window a Prometheus source is read over")
+	fs.BoolVar(&q.JSON, "json", false, "print JSON instead of text")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if q.Window < time.Second {
+		fmt.Fprintf(stderr, "oci-proxy demand: --window must be at least 1s\n")
+		return errUsage
+	}
+	q.From = from
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := app.Demand(ctx, *cfgPath, q, stdout)
+	if errors.Is(err, app.ErrInput) {
+		fmt.Fprintf(stderr, "oci-proxy demand: %v\n", err)
 		return errUsage
 	}
 	return err

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +41,11 @@ func TestCommands(t *testing.T) {
 		{"serve bad log format", []string{"serve", "--log-format", "xml"}, 1, "--log-format"},
 		{"sync without repositories", []string{"sync", "--config", "../../config.yaml"}, 1, "sync.repositories is empty"},
 		{"sync bad every", []string{"sync", "--config", "../../config.yaml", "--every", "10ms"}, 2, "--every"},
+		{"demand without from", []string{"demand", "--config", "../../config.yaml"}, 2, "--from is required"},
+		{"demand bad source", []string{"demand", "--config", "../../config.yaml", "--from", "grafana=x"}, 2, "want prometheus=URL"},
+		{"sync demand bad source", []string{"sync", "--config", "../../config.yaml", "--demand", "ftp://x"}, 2, "want prometheus=URL"},
+		{"sync demand and listen", []string{"sync", "--config", "../../config.yaml", "--demand", "http://x", "--listen", ":0"}, 2, "--listen"},
+		{"sync demand min", []string{"sync", "--config", "../../config.yaml", "--demand", "http://x", "--demand-min", "0"}, 2, "--demand-min"},
 		{"resolve bad ip", []string{"resolve", "--config", "../../config.yaml", "--ip", "nope"}, 2, "--ip must be an IP address"},
 		{"resolve bad digest", []string{"resolve", "--config", "../../config.yaml", "--ip", "1.2.3.4", "--digest", "sha256:1"}, 2, "--digest"},
 	} {
@@ -61,5 +68,37 @@ func TestResolveJSON(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out), &e); err != nil || e.Client.Addr != "89.160.20.112" {
 		t.Errorf("resolve --json = %s (%v)", out, err)
+	}
+}
+
+// TestDemandFromProxy reads a proxy's /_/demand and prints the analysis for the repository's
+// config.yaml.
+func TestDemandFromProxy(t *testing.T) {
+	t.Setenv("UpstreamRegistry", "")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/_/demand" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"half_life_seconds":3600,"misses":[{"mirror":"eu-west","repository":"app","digest":"sha256:aa","count":3}],` +
+			`"served":[{"continent":"AS","mirror":"eu-west","requests":4}],` +
+			`"distance":[{"continent":"AS","bounds":[1000,8000,12000],"buckets":[0,4,4],"count":4}]}`))
+	}))
+	defer srv.Close()
+	code, out, errs := runCmd(t, "demand", "--config", "../../config.yaml", "--from", srv.URL)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{srv.URL + "/_/demand", "app 3", "1. AS:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, errs = runCmd(t, "demand", "--config", "../../config.yaml", "--from", srv.URL, "--json")
+	var a struct {
+		NewMirror []struct{ Continent string } `json:"new_mirror"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &a) != nil || len(a.NewMirror) != 1 || a.NewMirror[0].Continent != "AS" {
+		t.Errorf("--json: exit %d, %s%s", code, out, errs)
 	}
 }
