@@ -271,3 +271,59 @@ func TestKm(t *testing.T) {
 		}
 	}
 }
+
+// textEverywhere is sampleIndex with s in every text the page shows (s must not be empty, so
+// that the same elements are rendered whatever it is).
+func textEverywhere(s string) IndexInfo {
+	return IndexInfo{
+		Name:     s,
+		Images:   []IndexImage{{Repository: s, Tag: s, Tags: []string{s, s}}},
+		Upstream: s,
+		Mirrors:  []IndexMirror{{Name: s, Provider: s, Country: s, Continent: s, Location: s}, {Name: "m2"}},
+		Routes:   []string{s},
+		Version:  s,
+		Visitor: func(netip.Addr) IndexVisitor {
+			return IndexVisitor{Addr: s, Located: true, Country: s, Continent: s, Coords: s, ASN: 1, Networks: []string{s},
+				Mirror: s, Reason: s, Why: s,
+				Ranks: []IndexRank{{Mirror: s, Position: 1, Tier: s, DistanceKm: 1}, {Mirror: "m2", Excluded: s}}}
+		},
+		Health: func() []IndexHealth { return []IndexHealth{{Mirror: s, OK: true, Text: s}, {Mirror: "m2", Text: s}} },
+		Misses: func() map[string]uint64 { return map[string]uint64{s: 1} },
+	}
+}
+
+// FuzzIndexPage puts the same text into every field of the page and into the request's Host and
+// X-Forwarded-For: whatever it is, the page has exactly the markup it has for plain text (each
+// '<', '>' and '"' of the text is escaped), so no text can open an element or leave an
+// attribute.
+func FuzzIndexPage(f *testing.F) {
+	for _, s := range []string{hostile, "x", "</td></tr></table>", `" onload="x`, "\x00\xff<", "{{.Name}}", "&lt;", "<!--", "]]>"} {
+		f.Add(s)
+	}
+	table := newTable(f)
+	markup := func(info IndexInfo, host, xff string) (string, map[rune]int) {
+		h := New(Options{Upstream: table, Index: info})
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Host = host
+		r.Header.Set("X-Forwarded-For", xff)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		counts := map[rune]int{}
+		for _, c := range rec.Body.String() {
+			if c == '<' || c == '>' || c == '"' {
+				counts[c]++
+			}
+		}
+		return rec.Body.String(), counts
+	}
+	_, want := markup(textEverywhere("plain"), "example.com", "192.0.2.9")
+	f.Fuzz(func(t *testing.T, s string) {
+		if s == "" {
+			s = "-"
+		}
+		body, got := markup(textEverywhere(s), s, s)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("markup characters differ from plain text's (-plain +got):\n%s\n%s", diff, body)
+		}
+	})
+}
