@@ -130,8 +130,8 @@ func Analyze(d Data, ms []MirrorInfo, sources []string, windowSeconds float64) A
 	for _, c := range Continents {
 		s := byCont[c]
 		h, hasHist := hists[c]
-		if s == nil && !hasHist {
-			continue
+		if (s == nil || s.total == 0) && (!hasHist || h.Count == 0) {
+			continue // Prometheus answers the zeros of every series the proxies create
 		}
 		if s == nil {
 			s = &cs{}

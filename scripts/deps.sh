@@ -18,6 +18,8 @@ apt_wanted=(
 	curl:curl
 	# headless, driven by the index page's end-to-end test (chromedp)
 	chromium:chromium
+	# scrapes two proxy replicas in the demand end-to-end test
+	prometheus:prometheus
 	git:git
 	# podman runs as root with vfs storage in the tests; these are what it expects around it
 	# (apt installs them as its recommendations, listed here so a --no-install-recommends
