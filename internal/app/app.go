@@ -94,7 +94,9 @@ func (s *Service) build(ctx context.Context, cfg *config.Config) (*generation, e
 	adminPaths := map[string]http.Handler{"/metrics": s.metrics.Handler()}
 	if cfg.Admin.Enabled {
 		adminPaths["/_/resolve"] = resolveHandler(parts, ups, s.log)
-		adminPaths["/_/demand"] = s.demand.handler()
+		if s.demand != nil {
+			adminPaths["/_/demand"] = s.demand.handler()
+		}
 	}
 	if cfg.Admin.Listen == "" {
 		maps.Copy(mount, adminPaths)

@@ -62,6 +62,9 @@ type demandRecorder struct {
 }
 
 func (v *demandVecs) recorder(cfg *config.Config, ms []*mirrors.Mirror) *demandRecorder {
+	if v == nil {
+		return nil // a Service built without demand counting (benchmarks compare against it)
+	}
 	r := &demandRecorder{tracker: v.tracker, mirror: map[string]int{}, repo: map[string]int{}}
 	for _, sr := range cfg.Sync.Repositories {
 		if _, dup := r.repo[sr.Name]; !dup {

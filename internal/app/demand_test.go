@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -198,5 +199,50 @@ func BenchmarkDemandRecord(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkBlobRedirectDemand is BenchmarkBlobRedirectWarm with and without demand counting, in
+// the same run: a blob its first-ranked mirror holds (served), and one it lacks (missed: the
+// next mirror serves, a miss is counted and tracked).
+func BenchmarkBlobRedirectDemand(b *testing.B) {
+	eu := newBlobServer(b, "", blobA)
+	us := newBlobServer(b, "", blobA, blobB)
+	cfg := demandConfig(b, eu, us)
+	log := slog.New(slog.DiscardHandler)
+	with, err := New(context.Background(), cfg, BuildInfo{}, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer with.Close()
+	without := &Service{log: log, metrics: NewMetrics(BuildInfo{})} // no demand counting
+	g, err := without.build(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	without.cur.Store(g)
+	defer without.Close()
+	for _, blob := range []struct{ name, digest, mirror string }{{"served", blobA, "eu-west"}, {"missed", blobB, "us-east"}} {
+		for _, svc := range []struct {
+			name string
+			s    *Service
+		}{{"without", without}, {"with", with}} {
+			b.Run(blob.name+"/"+svc.name, func(b *testing.B) {
+				req := httptest.NewRequest("GET", "/v2/app/blobs/"+blob.digest, nil)
+				req.RemoteAddr = "192.0.2.1:5000"
+				req.Header.Set("X-Forwarded-For", "89.160.20.112")
+				w := &nullWriter{h: http.Header{}}
+				h := svc.s.Handler()
+				h.ServeHTTP(w, req)
+				if w.h.Get("X-Mirror") != blob.mirror {
+					b.Fatalf("warm-up went to %q", w.h.Get("X-Mirror"))
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					clear(w.h)
+					h.ServeHTTP(w, req)
+				}
+			})
+		}
 	}
 }
