@@ -169,10 +169,15 @@ func serve(args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "oci-proxy serve: --shutdown-grace must not be negative\n")
 		return errUsage
 	}
-	log, err := newLogger(stderr, *logFormat, *logLevel)
+	// The request log waits up to app.FlushDelay to go out with its neighbours; every other line
+	// is written at once.
+	logBuf := app.NewLogBuffer(stderr)
+	defer logBuf.Close()
+	log, err := newLogger(logBuf, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
+	log = slog.New(app.BufferRequests(log.Handler(), logBuf))
 	cfg, err := app.LoadServeConfig(*cfgPath, *listen)
 	if err != nil {
 		return err
