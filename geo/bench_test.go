@@ -32,6 +32,20 @@ func BenchmarkGeoIPLookup(b *testing.B) {
 	}
 }
 
+// BenchmarkGeoIPLookupUncached is BenchmarkGeoIPLookup without the address cache: both search
+// trees walked, both records found in the record cache. The difference is what the address cache
+// saves each blob request of a pull after its first.
+func BenchmarkGeoIPLookupUncached(b *testing.B) {
+	g := openTestGeoIP(b)
+	ip := addr("81.2.69.142")
+	b.ReportAllocs()
+	for b.Loop() {
+		if g.LookupUncached(ip).Country != "GB" {
+			b.Fatal("wrong country")
+		}
+	}
+}
+
 // BenchmarkGeoIPLookupSpread looks up addresses spread over a City database of 20,000 distinct
 // records, five times what the record cache holds, in turn, so that most lookups decode theirs.
 func BenchmarkGeoIPLookupSpread(b *testing.B) {

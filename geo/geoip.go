@@ -43,6 +43,7 @@ type databases struct {
 	asn       *maxminddb.Reader // nil when not configured
 	cityCache recordCache[cityRecord]
 	asnCache  recordCache[asnRecord]
+	addrs     addrCache
 }
 
 // OpenGeoIP reads the databases; either path may be "" to go without it. cityPath may name a City
@@ -145,24 +146,42 @@ func (g *GeoIP) Lookup(addr netip.Addr) Location {
 	if d == nil {
 		return loc
 	}
-	if d.city != nil {
-		if c, ok := lookup(&d.cityCache, d.city.Lookup(addr)); ok {
-			loc.Country = c.country
-			loc.Continent = c.continent
-			if loc.Continent == "" {
-				loc.Continent = codes.ContinentOf(loc.Country)
-			}
-			if c.hasLat && c.hasLon {
-				loc.Lat, loc.Lon, loc.HasCoords = c.lat, c.lon, true
-			}
+	e := d.addrs.get(addr)
+	if e == nil {
+		e = d.lookup(addr)
+		d.addrs.put(e)
+	}
+	return e.location(loc)
+}
+
+// location is loc with what e's records say.
+func (e *addrEntry) location(loc Location) Location {
+	if c := e.city; c != nil {
+		loc.Country = c.rec.country
+		loc.Continent = c.rec.continent
+		if loc.Continent == "" {
+			loc.Continent = codes.ContinentOf(loc.Country)
+		}
+		if c.rec.hasLat && c.rec.hasLon {
+			loc.Lat, loc.Lon, loc.HasCoords = c.rec.lat, c.rec.lon, true
 		}
 	}
-	if d.asn != nil {
-		if a, ok := lookup(&d.asnCache, d.asn.Lookup(addr)); ok {
-			loc.ASN = a.asn
-		}
+	if a := e.asn; a != nil {
+		loc.ASN = a.rec.asn
 	}
 	return loc
+}
+
+// lookup finds addr's records by walking the databases' search trees.
+func (d *databases) lookup(addr netip.Addr) *addrEntry {
+	e := &addrEntry{addr: addr}
+	if d.city != nil {
+		e.city = lookup(&d.cityCache, d.city.Lookup(addr))
+	}
+	if d.asn != nil {
+		e.asn = lookup(&d.asnCache, d.asn.Lookup(addr))
+	}
+	return e
 }
 
 // ErrClosed is Ready's answer once Close has been called.

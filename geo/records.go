@@ -120,24 +120,24 @@ type cached[T any] struct {
 }
 
 // lookup returns the record at res's offset, decoding and remembering it when it is not cached.
-// ok is false for no record, or one that cannot be decoded (which is not cached).
+// It is nil for no record, or one that cannot be decoded (which is not cached). The record is
+// shared and must not be modified.
 func lookup[T any, P interface {
 	*T
 	mmdbdata.CursorUnmarshaler
-}](c *recordCache[T], res maxminddb.Result) (T, bool) {
-	var zero T
+}](c *recordCache[T], res maxminddb.Result) *cached[T] {
 	if !res.Found() {
-		return zero, false
+		return nil
 	}
 	off := res.Offset()
 	slot := &c.slots[(uint64(off)*0x9e3779b97f4a7c15)>>(64-recordCacheBits)]
 	if e := slot.Load(); e != nil && e.offset == off {
-		return e.rec, true
+		return e
 	}
 	e := &cached[T]{offset: off}
 	if err := res.Decode(P(&e.rec)); err != nil {
-		return zero, false
+		return nil
 	}
 	slot.Store(e)
-	return e.rec, true
+	return e
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/oschwald/geoip2-golang/v2"
 
 	"github.com/happy-turtle/oci-proxy/geo"
@@ -138,4 +139,30 @@ func TestGeoIPReleasedWhileLookingUp(t *testing.T) {
 		wg.Wait()
 	}
 	runtime.GC()
+}
+
+// The address cache answers what the databases do, for addresses that share its slots and for
+// the same address asked again.
+func TestAddrCacheAgreesWithTheDatabases(t *testing.T) {
+	g, err := geo.OpenGeoIP(cityDB, asnDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	var probes []netip.Addr
+	for _, s := range []string{"81.2.69.142", "89.160.20.112", "216.160.83.56", "2001:218::1", "::ffff:81.2.69.142", "192.0.2.1"} {
+		probes = append(probes, netip.MustParseAddr(s))
+	}
+	// Far more addresses than the cache has slots, so that many share one.
+	for range 20_000 {
+		probes = append(probes, netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}))
+	}
+	for round := range 2 {
+		for _, a := range probes {
+			if diff := cmp.Diff(g.LookupUncached(a), g.Lookup(a), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+				t.Fatalf("round %d: Lookup(%s) differs from the databases (-want +got):\n%s", round, a, diff)
+			}
+		}
+	}
 }
