@@ -136,11 +136,23 @@ func BenchmarkLocate(b *testing.B) {
 // (spread-lookup-ns, also measured once). Generating the database takes about 20 s and 2 GB:
 //
 //	go test -run '^$' -bench OpenGeoIPLarge -benchtime 20x ./geo/
+//
+// With GEOIP_LARGE_CITY=FILE the database is also copied to FILE, for scripts/bench.sh's
+// GEOIP_CITY: the whole service with a database of that size.
 func BenchmarkOpenGeoIPLarge(b *testing.B) {
 	path := largeCityDatabase(b, b.TempDir(), 2_000_000, 500_000, 150_000)
 	fi, err := os.Stat(path)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if out := os.Getenv("GEOIP_LARGE_CITY"); out != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(out, data, 0o644); err != nil {
+			b.Fatal(err)
+		}
 	}
 	debug.FreeOSMemory() // the generator's garbage is not the database's cost
 	before := memoryNow(b)
