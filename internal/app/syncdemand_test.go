@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log"
+	"log/slog"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -80,9 +81,10 @@ type fixedSource struct {
 func (f fixedSource) Fetch(context.Context, time.Duration) (demand.Data, error) { return f.d, f.err }
 func (f fixedSource) String() string                                            { return "fixed" }
 
-// TestDemandRound: each demand mirror gets exactly the configured repositories that reached the
-// minimum there, the report says why, and a source that cannot be read copies nothing.
-func TestDemandRound(t *testing.T) {
+// testDemandSync is a demandSync over an in-memory registry holding acme/app:1.0 and
+// acme/tools:1.0 (two layers each) and two in-memory demand mirrors, asia and sa, reading src.
+func testDemandSync(t *testing.T, src demand.Source) (*demandSync, *memWriter, *memWriter) {
+	t.Helper()
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(reg.Close)
 	host := strings.TrimPrefix(reg.URL, "http://")
@@ -102,11 +104,6 @@ func TestDemandRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	asia, sa := &memWriter{objs: map[string][]byte{}}, &memWriter{objs: map[string][]byte{}}
-	src := fixedSource{d: demand.Data{Misses: []demand.Miss{
-		{Mirror: "asia", Repository: "app", Digest: "sha256:x", Count: 4},
-		{Mirror: "asia", Repository: "tools", Count: 1},
-		{Mirror: "sa", Repository: demand.Other, Count: 100},
-	}}}
 	d := &demandSync{
 		sources: []demand.Source{src}, min: 2, window: time.Hour,
 		mirrors: []string{"asia", "sa"},
@@ -117,6 +114,19 @@ func TestDemandRound(t *testing.T) {
 			return syncer.New(p, ups, ts, syncer.Options{})
 		},
 	}
+	return d, asia, sa
+}
+
+var asiaWantsApp = fixedSource{d: demand.Data{Misses: []demand.Miss{
+	{Mirror: "asia", Repository: "app", Digest: "sha256:x", Count: 4},
+	{Mirror: "asia", Repository: "tools", Count: 1},
+	{Mirror: "sa", Repository: demand.Other, Count: 100},
+}}}
+
+// TestDemandRound: each demand mirror gets exactly the configured repositories that reached the
+// minimum there, the report says why, and a source that cannot be read copies nothing.
+func TestDemandRound(t *testing.T) {
+	d, asia, sa := testDemandSync(t, asiaWantsApp)
 	rep, err := d.round(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -167,4 +177,57 @@ func TestPlainSyncSkipsDemandMirrors(t *testing.T) {
 	if len(p.Skipped) != 1 || p.Skipped[0].Name != "asia" || !strings.Contains(p.Skipped[0].Reason, "sync: demand") {
 		t.Errorf("skipped = %+v", p.Skipped)
 	}
+}
+
+// TestDemandEvery: with --every, a demand round runs at start and again on the schedule, each
+// printing its report, until the context ends.
+func TestDemandEvery(t *testing.T) {
+	d, asia, _ := testDemandSync(t, asiaWantsApp)
+	var out syncBuffer
+	s := &Sync{cfg: &config.Config{}, demand: d, log: slog.New(slog.DiscardHandler),
+		opts: SyncOptions{Reports: &out, JSON: true, StopTimeout: 10 * time.Second}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+	defer cancel()
+	if err := s.Run(ctx, time.Second, ""); err != nil {
+		t.Fatal(err)
+	}
+	var rounds []DemandReport
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var r DemandReport
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("report line %q: %v", line, err)
+		}
+		rounds = append(rounds, r)
+	}
+	if len(rounds) < 2 {
+		t.Fatalf("%d rounds in 3.5s with --every 1s; want at least 2:\n%s", len(rounds), out.String())
+	}
+	// The first round copied app; the next found it present.
+	if c := rounds[0].Mirrors[0].Sync.Targets[0].Copied; c != 3 {
+		t.Errorf("first round copied %d blobs; want 3", c)
+	}
+	if tg := rounds[1].Mirrors[0].Sync.Targets[0]; tg.Copied != 0 || tg.Present != 3 {
+		t.Errorf("second round: %+v; want the 3 blobs present", tg)
+	}
+	if n := asia.blobs(); n != 3 {
+		t.Errorf("asia holds %d blobs", n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the reports of concurrent runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
