@@ -183,16 +183,16 @@ func TestPlainSyncSkipsDemandMirrors(t *testing.T) {
 // printing its report, until the context ends.
 func TestDemandEvery(t *testing.T) {
 	d, asia, _ := testDemandSync(t, asiaWantsApp)
-	var out syncBuffer
+	out := &syncBuffer{}
 	s := &Sync{cfg: &config.Config{}, demand: d, log: slog.New(slog.DiscardHandler),
-		opts: SyncOptions{Reports: &out, JSON: true, StopTimeout: 10 * time.Second}}
+		opts: SyncOptions{Reports: out, JSON: true, StopTimeout: 10 * time.Second}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
 	defer cancel()
 	if err := s.Run(ctx, time.Second, ""); err != nil {
 		t.Fatal(err)
 	}
 	var rounds []DemandReport
-	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(reportText(out)), "\n") {
 		var r DemandReport
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("report line %q: %v", line, err)
@@ -200,7 +200,7 @@ func TestDemandEvery(t *testing.T) {
 		rounds = append(rounds, r)
 	}
 	if len(rounds) < 2 {
-		t.Fatalf("%d rounds in 3.5s with --every 1s; want at least 2:\n%s", len(rounds), out.String())
+		t.Fatalf("%d rounds in 3.5s with --every 1s; want at least 2:\n%s", len(rounds), reportText(out))
 	}
 	// The first round copied app; the next found it present.
 	if c := rounds[0].Mirrors[0].Sync.Targets[0].Copied; c != 3 {
@@ -214,20 +214,7 @@ func TestDemandEvery(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the reports of concurrent runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func reportText(b *syncBuffer) string {
+	text, _ := b.state()
+	return text
 }
