@@ -1,11 +1,13 @@
 package demand
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -214,22 +216,17 @@ func histograms(ss []Sample) ([]Histogram, error) {
 	return out, nil
 }
 
+// sortBuckets orders a histogram's buckets by bound: Prometheus returns samples in no order.
 func sortBuckets(h *Histogram) {
-	idx := make([]int, len(h.Bounds))
-	for i := range idx {
-		idx[i] = i
+	type bucket struct{ bound, count float64 }
+	bs := make([]bucket, len(h.Bounds))
+	for i := range bs {
+		bs[i] = bucket{h.Bounds[i], h.Buckets[i]}
 	}
-	// insertion sort: a dozen buckets
-	for i := 1; i < len(idx); i++ {
-		for j := i; j > 0 && h.Bounds[idx[j]] < h.Bounds[idx[j-1]]; j-- {
-			idx[j], idx[j-1] = idx[j-1], idx[j]
-		}
+	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.bound, b.bound) })
+	for i, b := range bs {
+		h.Bounds[i], h.Buckets[i] = b.bound, b.count
 	}
-	b, c := make([]float64, len(idx)), make([]float64, len(idx))
-	for i, k := range idx {
-		b[i], c[i] = h.Bounds[k], h.Buckets[k]
-	}
-	h.Bounds, h.Buckets = b, c
 }
 
 // errNotVector is a Prometheus answer that is not an instant vector.

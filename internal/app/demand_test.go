@@ -115,6 +115,11 @@ func TestDemandMetrics(t *testing.T) {
 	if d.HalfLifeSeconds != demand.DefaultHalfLife.Seconds() || len(d.Served) != 3 || len(d.Distance) != 1 {
 		t.Errorf("snapshot = %+v", d)
 	}
+	post := httptest.NewRecorder()
+	svc.Handler().ServeHTTP(post, httptest.NewRequest("POST", "/_/demand", nil))
+	if post.Code != http.StatusMethodNotAllowed || post.Header().Get("Allow") != "GET" {
+		t.Errorf("POST /_/demand: %d, Allow %q", post.Code, post.Header().Get("Allow"))
+	}
 	if rec := get("/_/demand?top=x", ""); rec.Code != 400 {
 		t.Errorf("top=x: %d", rec.Code)
 	}
