@@ -323,10 +323,25 @@ func (w *world) round(t *testing.T, name string) worldShares {
 	for _, err := range errs {
 		t.Errorf("round %q: %v", name, err)
 	}
-	s := worldShares{round: name, byPlace: map[string]map[string]int64{}}
-	for _, f := range w.counter.since(mark) {
+	s, strangers := account(name, w.counter.since(mark), held)
+	for _, f := range strangers {
+		t.Errorf("round %q: %d bytes of %s from %s to someone not a client", name, f.bytes, f.digest, f.from)
+	}
+	// Every blob of every pull fetched once, in full, and counted: the fronts miss nothing.
+	if s.requests != wantRequests || s.total != wantBytes {
+		t.Errorf("round %q: counted %d blob fetches, %d bytes; the schedule fetches %d, %d bytes", name, s.requests, s.total, wantRequests, wantBytes)
+	}
+	t.Logf("world: %s", s)
+	return s
+}
+
+// account sorts a round's fetches by where they came from, given what each mirror held
+// (mirror -> digests); fetches by anyone but a client are returned apart.
+func account(name string, fetches []blobFetch, held map[string]map[string]bool) (s worldShares, strangers []blobFetch) {
+	s = worldShares{round: name, byPlace: map[string]map[string]int64{}}
+	for _, f := range fetches {
 		if f.client == "" {
-			t.Errorf("round %q: %d bytes of %s from %s to someone not a client", name, f.bytes, f.digest, f.from)
+			strangers = append(strangers, f)
 			continue
 		}
 		p := placeNamed(f.client)
@@ -354,12 +369,51 @@ func (w *world) round(t *testing.T, name string) worldShares {
 		}
 		s.byPlace[p.name][f.from] += f.bytes
 	}
-	// Every blob of every pull fetched once, in full, and counted: the fronts miss nothing.
-	if s.requests != wantRequests || s.total != wantBytes {
-		t.Errorf("round %q: counted %d blob fetches, %d bytes; the schedule fetches %d, %d bytes", name, s.requests, s.total, wantRequests, wantBytes)
+	return s, strangers
+}
+
+// TestWorldAccounting checks TestWorld's bookkeeping without any server: each share can be
+// missed, and the goal fails for each way of missing it.
+func TestWorldAccounting(t *testing.T) {
+	const d1, d2 = "sha256:01", "sha256:02"
+	// d1 is in us-east and sa-east, d2 in us-east only.
+	held := map[string]map[string]bool{"us-east": {d1: true, d2: true}, "sa-east": {d1: true}}
+	for _, tt := range []struct {
+		name    string
+		fetches []blobFetch
+		want    [4]int64 // nearest holding, other, upstream, home
+		goal    bool
+	}{
+		{"from the nearest holder, which is home", []blobFetch{{from: "sa-east", client: "BR", digest: d1, bytes: 100}},
+			[4]int64{100, 0, 0, 100}, true},
+		{"past a nearer holder", []blobFetch{{from: "us-east", client: "BR", digest: d1, bytes: 100}},
+			[4]int64{0, 100, 0, 0}, false},
+		{"from the nearest holder, far from home", []blobFetch{{from: "us-east", client: "BR", digest: d2, bytes: 100}},
+			[4]int64{100, 0, 0, 0}, false},
+		{"from the upstream", []blobFetch{{from: upstreamMirror, client: "US", digest: d2, bytes: 100}},
+			[4]int64{0, 0, 100, 0}, false},
+		{"1% from afar", []blobFetch{
+			{from: "sa-east", client: "BR", digest: d1, bytes: 99},
+			{from: "us-east", client: "BR", digest: d2, bytes: 1}},
+			[4]int64{100, 0, 0, 99}, true},
+		{"a little more than 1% from afar", []blobFetch{
+			{from: "sa-east", client: "BR", digest: d1, bytes: 98},
+			{from: "us-east", client: "BR", digest: d2, bytes: 2}},
+			[4]int64{100, 0, 0, 98}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, strangers := account(tt.name, append(tt.fetches, blobFetch{from: "us-east", digest: d1, bytes: 7}), held)
+			if len(strangers) != 1 {
+				t.Errorf("strangers %v, want the one fetch without a client", strangers)
+			}
+			if got := [4]int64{s.nearestHolding, s.other, s.upstream, s.home}; got != tt.want {
+				t.Errorf("nearest holding, other, upstream, home = %v, want %v", got, tt.want)
+			}
+			if err := s.goal(); (err == nil) != tt.goal {
+				t.Errorf("goal: %v, want met %v", err, tt.goal)
+			}
+		})
 	}
-	t.Logf("world: %s", s)
-	return s
 }
 
 // String is the round's report: the shares, then each place's bytes by the mirror that served
