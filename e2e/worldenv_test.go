@@ -33,7 +33,8 @@ import (
 )
 
 // The world of TestWorld: clients on six continents, six bucket mirrors on five of them (three
-// filled by plain sync, three by demand), a registry and the proxy. Every byte of a blob that a
+// filled by plain sync, three by demand), a registry and two replicas of the proxy, behind a
+// load balancer per place that sends each request to the replicas in turn. Every byte of a blob that a
 // client fetches passes a counting front (one before versitygw, one before fake-gcs-server, one
 // before the registry), which records which mirror's bucket (or the upstream) sent it and to
 // which client; clients are told apart by the loopback address their connections leave from.
@@ -350,17 +351,20 @@ func (im worldImage) bytes() int64 {
 
 // world is everything TestWorld runs against.
 type world struct {
-	reg     *testenv.Registry
-	s3      *testenv.S3Server
-	gcs     *testenv.GCSServer
-	counter *byteCounter
-	config  string // the proxy's and sync's configuration file
-	proxy   *testenv.Proxy
-	admin   string                     // the proxy's admin listener, http://HOST:PORT
-	fronts  map[string]*testenv.Front  // place -> its load balancer
-	clients map[string]*http.Transport // place -> its connections
-	images  map[string]worldImage      // repo -> image
+	reg      *testenv.Registry
+	s3       *testenv.S3Server
+	gcs      *testenv.GCSServer
+	counter  *byteCounter
+	config   string                     // sync's configuration file (the first replica's)
+	replicas []*testenv.Proxy           // the proxy's replicas, behind every place's balancer
+	admins   []string                   // their admin listeners, http://HOST:PORT
+	fronts   map[string]string          // place -> its balancer, HOST:PORT
+	clients  map[string]*http.Transport // place -> its connections
+	images   map[string]worldImage      // repo -> image
 }
+
+// worldReplicas is how many replicas of the proxy serve the world.
+const worldReplicas = 2
 
 // worldImageSpec is an image to push: layers of about size bytes each.
 type worldImageSpec struct {
@@ -369,14 +373,14 @@ type worldImageSpec struct {
 	size   int64
 }
 
-// startWorld starts the servers, pushes images, writes the configuration and starts the proxy
-// behind one front per place. The buckets are empty.
+// startWorld starts the servers, pushes images, writes the configuration and starts the
+// proxy's replicas behind one balancer per place. The buckets are empty.
 func startWorld(t *testing.T, specs []worldImageSpec) *world {
 	t.Helper()
 	isolateClouds(t)
 	w := &world{
 		counter: &byteCounter{clients: map[string]string{}},
-		fronts:  map[string]*testenv.Front{},
+		fronts:  map[string]string{},
 		clients: map[string]*http.Transport{},
 		images:  map[string]worldImage{},
 	}
@@ -431,16 +435,31 @@ func startWorld(t *testing.T, specs []worldImageSpec) *world {
 	// A copy made by sync is used a second later rather than after the default 30 s; a loaded
 	// test machine must not turn a slow presence check into a fallback.
 	b.WriteString("presence:\n  miss_ttl: 1s\n  timeout: 5s\n")
-	w.admin = "http://" + testenv.Addr(t, "127.0.0.1")
-	fmt.Fprintf(&b, "admin:\n  enabled: true\n  listen: %s\n", strings.TrimPrefix(w.admin, "http://"))
-	b.WriteString("sync:\n  repositories:\n")
+	syncSection := "sync:\n  repositories:\n"
 	for _, sp := range specs {
-		fmt.Fprintf(&b, "    - name: %s\n", sp.repo)
+		syncSection += fmt.Sprintf("    - name: %s\n", sp.repo)
 	}
-	w.proxy = testenv.StartProxy(t, needProxy(t), b.String())
-	w.config = w.proxy.Config
+	var urls []string
+	for range worldReplicas {
+		admin := testenv.Addr(t, "127.0.0.1")
+		cfg := b.String() + fmt.Sprintf("admin:\n  enabled: true\n  listen: %s\n", admin) + syncSection
+		r := testenv.StartProxy(t, needProxy(t), cfg)
+		w.replicas = append(w.replicas, r)
+		w.admins = append(w.admins, "http://"+admin)
+		urls = append(urls, r.URL)
+	}
+	// Each replica serves for its shutdown grace after the signal: stop them all at once
+	// rather than one after the other.
+	t.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, r := range w.replicas {
+			wg.Go(r.Proc.Stop)
+		}
+		wg.Wait()
+	})
+	w.config = w.replicas[0].Config
 	for _, p := range worldPlaces {
-		w.fronts[p.name] = testenv.StartFront(t, p.front, p.addr, w.proxy.URL)
+		w.fronts[p.name] = startBalancer(t, p.front, p.addr, urls)
 		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(p.source)}}
 		tr := &http.Transport{DialContext: d.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: 8}
 		t.Cleanup(tr.CloseIdleConnections)
@@ -449,11 +468,47 @@ func startWorld(t *testing.T, specs []worldImageSpec) *world {
 	return w
 }
 
+// startBalancer starts a load balancer on host (a loopback address) in front of the replicas:
+// it sends the requests it receives to each replica in turn, with X-Forwarded-For set to
+// client (replacing what the request carried), from host, so that the replicas see it as
+// the peer, a trusted proxy. It returns its HOST:PORT.
+func startBalancer(t *testing.T, host, client string, replicas []string) string {
+	t.Helper()
+	var targets []*url.URL
+	for _, r := range replicas {
+		u, err := url.Parse(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets = append(targets, u)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatalf("balancer on %s: %v", host, err)
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(host)}}
+	tr := &http.Transport{DialContext: d.DialContext, ResponseHeaderTimeout: time.Minute, MaxIdleConnsPerHost: 8}
+	var next atomic.Uint64
+	srv := &httptest.Server{
+		Listener: ln,
+		Config: &http.Server{Handler: &httputil.ReverseProxy{
+			Rewrite: func(r *httputil.ProxyRequest) {
+				r.SetURL(targets[(next.Add(1)-1)%uint64(len(targets))])
+				r.Out.Header.Set("X-Forwarded-For", client)
+			},
+			Transport: tr,
+		}, ReadHeaderTimeout: 10 * time.Second},
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Close(); tr.CloseIdleConnections() })
+	return ln.Addr().String()
+}
+
 // pull pulls repo:1.0 as the client at place with the go-containerregistry library, as crane
 // does: the manifest, then the config and every layer, each read to its end and checked
 // against its digest.
 func (w *world) pull(ctx context.Context, place, repo string) error {
-	ref, err := name.ParseReference(w.fronts[place].Ref(repo+":"+w.images[repo].tag), name.Insecure)
+	ref, err := name.ParseReference(w.fronts[place]+"/"+repo+":"+w.images[repo].tag, name.Insecure)
 	if err != nil {
 		return err
 	}
