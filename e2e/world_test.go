@@ -52,9 +52,10 @@ const worldSkipDemandEnv = "OCI_PROXY_WORLD_SKIP_DEMAND"
 
 // TestWorld builds a small world (clients on six continents, six mirrors in versitygw and
 // fake-gcs-server on five, three of them `sync: demand`, a registry with three images, two
-// replicas of the proxy behind each place's load balancer) and measures where the bytes of the clients' pulls come from: the share served by the
-// nearest mirror holding the blob, by other mirrors and by the upstream, and the share served
-// by the client's nearest mirror of all. It does so before any sync, after a plain `oci-proxy
+// replicas of the proxy behind each place's load balancer) and measures where the bytes of
+// the clients' pulls come from: the share served by the nearest mirror holding the blob, by
+// other mirrors and by the upstream, and the share served by the client's nearest mirror of
+// all. It does so before any sync, after a plain `oci-proxy
 // sync` (the demand mirrors stay empty) and after a `sync --demand` round that reads the
 // replicas' /_/demand. The goal: once demand sync has run, at least 99% of the bytes from the
 // nearest holding mirror and from the client's nearest mirror, none from the upstream.
