@@ -21,6 +21,8 @@ type pacedWriter struct {
 	chunk int
 	every time.Duration
 	hang  bool
+	// hangAfter, when set, hangs once that many bytes of a blob of more than that were read.
+	hangAfter int
 
 	mu    sync.Mutex
 	order []int64 // sizes of the blobs put, in order
@@ -36,16 +38,22 @@ func (p *pacedWriter) Put(ctx context.Context, key string, body io.Reader, size 
 	pr, pw := io.Pipe()
 	go func() {
 		buf := make([]byte, p.chunk)
+		read := 0
 		for {
-			if p.hang {
+			if p.hang || (p.hangAfter > 0 && int64(p.hangAfter) < size && read >= p.hangAfter) {
 				<-ctx.Done()
 				pw.CloseWithError(context.Cause(ctx))
 				return
 			}
 			n, err := io.ReadFull(body, buf)
+			read += n
 			pw.Write(buf[:n])
-			if err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				pw.Close()
+				return
+			}
+			if err != nil {
+				pw.CloseWithError(err)
 				return
 			}
 			select {

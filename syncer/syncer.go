@@ -75,9 +75,17 @@ type Options struct {
 	// byte for this long; a copy that keeps moving takes as long as it needs. Zero:
 	// DefaultStall.
 	Stall time.Duration
+	// Detach is how long, over one blob's copy, the download may wait for one mirror while
+	// others take it: once a mirror has held the others back for that long, it reads the rest
+	// of the blob from a download of its own, and the others go on at their pace. Zero:
+	// DefaultDetach, or a quarter of Stall when that is shorter.
+	Detach time.Duration
 	// Progress, when set, is kept up to date with every copy, for a display. Nil: none.
 	Progress *Progress
 }
+
+// DefaultDetach is Options.Detach when it is zero (and Stall is at least four times as long).
+const DefaultDetach = 5 * time.Second
 
 // Plan is what a Syncer copies, as the configuration says (internal/app translates it).
 type Plan struct {
@@ -121,6 +129,9 @@ func New(plan Plan, ups *upstream.Table, targets []Target, opts Options) *Syncer
 	}
 	if opts.Stall <= 0 {
 		opts.Stall = DefaultStall
+	}
+	if opts.Detach <= 0 {
+		opts.Detach = min(DefaultDetach, opts.Stall/4)
 	}
 	if opts.Keychain == nil {
 		opts.Keychain = authn.NewMultiKeychain() // resolves every registry to anonymous

@@ -145,19 +145,22 @@ type upstreamRegistry struct {
 	host    string
 	mu      sync.Mutex
 	corrupt map[string]bool
+	// corruptAfter names blobs served intact that many times, and changed from then on.
+	corruptAfter map[string]int
+	gets         map[string]int // GETs of each blob, by digest
 }
 
 func startUpstream(t *testing.T) *upstreamRegistry {
 	t.Helper()
-	u := &upstreamRegistry{corrupt: map[string]bool{}}
+	u := &upstreamRegistry{corrupt: map[string]bool{}, corruptAfter: map[string]int{}, gets: map[string]int{}}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		bad := false
-		for d := range u.corrupt {
-			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+d) {
-				bad = true
-			}
+		if _, d, ok := strings.Cut(r.URL.Path, "/blobs/"); ok && r.Method == http.MethodGet {
+			u.gets[d]++
+			n, later := u.corruptAfter[d]
+			bad = u.corrupt[d] || (later && u.gets[d] > n)
 		}
 		u.mu.Unlock()
 		if !bad {
@@ -179,6 +182,12 @@ func startUpstream(t *testing.T) *upstreamRegistry {
 	t.Cleanup(u.srv.Close)
 	u.host = strings.TrimPrefix(u.srv.URL, "http://")
 	return u
+}
+
+func (u *upstreamRegistry) getCount(digest string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.gets[digest]
 }
 
 func (u *upstreamRegistry) ref(t *testing.T, repoRef string) name.Reference {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,11 +67,131 @@ type feed struct {
 	done  chan struct{} // closed when the upload has returned
 	live  *liveness
 	taken atomic.Int64 // bytes the upload has read
-	dead  bool         // the tee's view: the upload returned; send it nothing more
+	dead  bool         // the tee's view: the upload returned or was detached; send it nothing more
+	// waited is how long the tee has waited for this feed's queue to have room (tee only).
+	waited time.Duration
 	// end is what the upload reads after the last chunk: io.EOF for a blob that checked out,
 	// the reason otherwise. Set before ch is closed.
 	end error
-	ctx context.Context
+	// detached, set before ch is closed instead of end, says that the upload fell behind and
+	// reads the rest of the blob from an upstream read of its own (see own).
+	detached *detach
+	// own is that read once it is open, and ownErr how it failed (the upload's goroutine only).
+	own    *ownRead
+	ownErr error
+	ctx    context.Context
+}
+
+// detach is where a detached feed's own read of the upstream takes over from the tee: at byte
+// from, with the digest's state over the bytes before it.
+type detach struct {
+	from   int64
+	size   int64
+	digest string // algorithm:hex
+	state  []byte // the tee's hash, marshalled after from bytes
+	open   func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// openOwn opens f's own read of the blob and skips the bytes f had from the tee.
+func (d *detach) openOwn(f *feed) (*ownRead, error) {
+	alg, _, _ := strings.Cut(d.digest, ":")
+	h := newHash(alg)
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(d.state); err != nil {
+		// The state came from a hash of the same kind.
+		panic(err)
+	}
+	body, err := d.open(connWait(f.ctx, f.live))
+	if err != nil {
+		return nil, fmt.Errorf("fetch from upstream again: %w", causeOf(f.ctx, err))
+	}
+	// The bytes before from went to the upload already: read past them.
+	if _, err := io.CopyN(io.Discard, &touchReader{r: body, l: f.live}, d.from); err != nil {
+		body.Close()
+		if err == io.EOF {
+			err = fmt.Errorf("upstream sent fewer than %d of %d bytes", d.from, d.size)
+		}
+		return nil, fmt.Errorf("fetch from upstream again: %w", causeOf(f.ctx, err))
+	}
+	return &ownRead{d: d, f: f, body: body, h: h, n: d.from}, nil
+}
+
+// touchReader records progress on l with every byte read through it.
+type touchReader struct {
+	r io.Reader
+	l *liveness
+}
+
+func (t *touchReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.l.touch()
+	}
+	return n, err
+}
+
+// ownRead is the rest of a blob, from a detached feed's own read of the upstream: exactly the
+// bytes that are left, hashed on from the tee's state, then io.EOF only if the whole blob
+// checks out.
+type ownRead struct {
+	d    *detach
+	f    *feed
+	body io.ReadCloser
+	h    hash.Hash
+	n    int64 // bytes of the blob covered, the tee's included
+	err  error // sticky
+}
+
+func (o *ownRead) Read(p []byte) (int, error) {
+	if o.err != nil {
+		return 0, o.err
+	}
+	if o.n == o.d.size {
+		o.err = o.end()
+		return 0, o.err
+	}
+	if left := o.d.size - o.n; int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := o.body.Read(p)
+	o.h.Write(p[:n])
+	o.n += int64(n)
+	switch {
+	case err == io.EOF && o.n < o.d.size:
+		o.err = fmt.Errorf("fetch from upstream again: upstream sent %d of %d bytes", o.n, o.d.size)
+	case err != nil && err != io.EOF && o.n == o.d.size && o.sum() != o.d.digest:
+		// go-containerregistry reports a digest mismatch as the error of the last read.
+		o.err = errMismatch
+	case err != nil && err != io.EOF:
+		o.err = fmt.Errorf("fetch from upstream again: %w", causeOf(o.f.ctx, err))
+	}
+	if o.err != nil {
+		return n, o.err
+	}
+	return n, nil
+}
+
+// end checks that the body ends where the blob does and that the blob hashes to its digest.
+func (o *ownRead) end() error {
+	var one [1]byte
+	m, err := io.ReadFull(o.body, one[:])
+	switch {
+	case m > 0:
+		return errMismatch
+	case err != io.EOF && err != io.ErrUnexpectedEOF:
+		if o.sum() != o.d.digest {
+			return errMismatch
+		}
+		return fmt.Errorf("fetch from upstream again: %w", causeOf(o.f.ctx, err))
+	}
+	if o.sum() != o.d.digest {
+		return errMismatch
+	}
+	return io.EOF
+}
+
+func (o *ownRead) sum() string {
+	alg, _, _ := strings.Cut(o.d.digest, ":")
+	return fmt.Sprintf("%s:%x", alg, o.h.Sum(nil))
 }
 
 // feedReader is what an upload reads: the chunks of its feed, in order.
@@ -78,6 +202,17 @@ type feedReader struct {
 }
 
 func (r *feedReader) Read(p []byte) (int, error) {
+	if r.f.own != nil {
+		n, err := r.f.own.Read(p)
+		if n > 0 {
+			r.f.taken.Add(int64(n))
+			r.f.live.touch()
+		}
+		if err != nil && err != io.EOF {
+			r.f.ownErr = err
+		}
+		return n, err
+	}
 	if r.cur == nil {
 		resume := r.f.live.pause() // waiting for the upstream is not the mirror's stall
 		var (
@@ -92,6 +227,15 @@ func (r *feedReader) Read(p []byte) (int, error) {
 		}
 		resume()
 		if !ok {
+			if d := r.f.detached; d != nil {
+				own, err := d.openOwn(r.f)
+				if err != nil {
+					r.f.ownErr = err
+					return 0, err
+				}
+				r.f.own = own
+				return r.Read(p)
+			}
 			return 0, r.f.end
 		}
 		r.cur, r.off = c, 0
@@ -172,6 +316,11 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		wg.Go(func() {
 			defer close(f.done)
 			defer f.live.stop() // done: nothing more to charge
+			defer func() {
+				if f.own != nil {
+					f.own.body.Close()
+				}
+			}()
 			o := &outs[j]
 			o.start = time.Now()
 			o.resumed, o.err = r.upload(f.ctx, t, key, &feedReader{f: f}, size, f.live.touch)
@@ -187,9 +336,18 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 
 	pool := make(chan []byte, queueChunks+2)
 	h := newHash(b.desc.Digest.Algorithm)
+	open := func(ctx context.Context) (io.ReadCloser, error) {
+		layer, err := p.Layer(ctx, dref)
+		if err != nil {
+			return nil, err
+		}
+		return layer.Compressed()
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	var n int64
 	var readErr error
-	stopped := false // every target failed: reading on is pointless
+	stopped := false // every target failed or was detached: reading on is pointless
 	for readErr == nil {
 		var buf []byte
 		select {
@@ -199,9 +357,7 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		}
 		m, err := readChunk(body, buf, up)
 		if m > 0 {
-			h.Write(buf[:m])
-			n += int64(m)
-			if n > size {
+			if n+int64(m) > size {
 				readErr = errMismatch
 				break
 			}
@@ -214,15 +370,30 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 					continue
 				}
 				c.refs.Add(1)
-				select {
-				case f.ch <- c:
+				switch r.send(f, c, feeds, timer) {
+				case sent:
 					live++
-				case <-f.done:
+				case gone:
 					f.dead = true
 					c.release()
+				case behind:
+					// It made the others wait too long: it reads the rest itself, from byte n,
+					// and the others go on at their own pace.
+					f.dead = true
+					c.release()
+					state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+					if err != nil {
+						panic(err) // the standard library's hashes marshal
+					}
+					f.detached = &detach{from: n, size: size, digest: b.desc.Digest.String(), state: state, open: open}
+					close(f.ch)
+					r.s.log.Debug("sync: mirror detached", slog.String("mirror", names[1+slices.Index(feeds, f)]),
+						slog.String("digest", b.desc.Digest.String()), slog.Int64("at", n))
 				}
 			}
 			resume()
+			h.Write(buf[:m])
+			n += int64(m)
 			c.release()
 			if live == 0 {
 				stopped = true
@@ -246,6 +417,9 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		readErr = fmt.Errorf("upstream sent %d of %d bytes", n, size)
 	}
 	for _, f := range feeds {
+		if f.detached != nil {
+			continue // closed when it was detached
+		}
 		f.end = io.EOF
 		if readErr != nil {
 			f.end = readErr
@@ -253,25 +427,83 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		close(f.ch)
 	}
 	wg.Wait()
-	for j := range outs {
-		switch {
-		case errors.Is(readErr, errMismatch):
-			outs[j].err = readErr
-		case readErr != nil:
-			outs[j].err = fmt.Errorf("fetch from upstream: %w", readErr)
-		}
-	}
-	if readErr != nil {
-		// The targets' uploads read an error instead of the blob's end and should have stored
-		// nothing, but a backend that keeps what it read may have.
-		for j, i := range targets {
-			key := mirrors.Key(r.s.targets[i].Prefix, mustDigest(b.desc.Digest))
-			if err := r.discard(ctx, r.s.targets[i], key, size, errors.Is(readErr, errMismatch)); err != nil {
-				outs[j].err = fmt.Errorf("%w; and delete: %w", outs[j].err, err)
+	for j, f := range feeds {
+		// A detached target's outcome is its own read's.
+		failed, mismatch := readErr, errors.Is(readErr, errMismatch)
+		if f.detached != nil {
+			failed, mismatch = f.ownErr, errors.Is(f.ownErr, errMismatch)
+		} else {
+			switch {
+			case mismatch:
+				outs[j].err = readErr
+			case readErr != nil:
+				outs[j].err = fmt.Errorf("fetch from upstream: %w", readErr)
 			}
+		}
+		if failed == nil {
+			continue
+		}
+		// The target's upload read an error instead of the blob's end and should have stored
+		// nothing, but a backend that keeps what it read may have.
+		t := r.s.targets[targets[j]]
+		key := mirrors.Key(t.Prefix, mustDigest(b.desc.Digest))
+		if err := r.discard(ctx, t, key, size, mismatch); err != nil {
+			outs[j].err = fmt.Errorf("%w; and delete: %w", outs[j].err, err)
 		}
 	}
 	return outs
+}
+
+// sendResult is what became of a chunk offered to a feed.
+type sendResult int
+
+const (
+	sent   sendResult = iota // queued
+	gone                     // the upload has returned
+	behind                   // the feed made the others wait for longer than Options.Detach
+)
+
+// send queues c on f. While another target still takes the download, the tee waits for f's
+// queue to have room only for what is left of f's allowance (Options.Detach, over the whole
+// copy): a mirror much slower than the others, or hung, then no longer holds them back. The
+// last target left is waited for as long as it takes (its own watchdog ends a stall).
+func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer) sendResult {
+	select {
+	case f.ch <- c:
+		return sent
+	case <-f.done:
+		return gone
+	default:
+	}
+	alone := true
+	for _, g := range feeds {
+		if g != f && !g.dead {
+			alone = false
+			break
+		}
+	}
+	if alone {
+		select {
+		case f.ch <- c:
+			return sent
+		case <-f.done:
+			return gone
+		}
+	}
+	start := time.Now()
+	timer.Reset(r.s.opts.Detach - f.waited)
+	defer func() {
+		timer.Stop()
+		f.waited += time.Since(start)
+	}()
+	select {
+	case f.ch <- c:
+		return sent
+	case <-f.done:
+		return gone
+	case <-timer.C:
+		return behind
+	}
 }
 
 // readChunk fills buf from body as far as it goes, recording progress on up with every read.
