@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -181,9 +182,9 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// DefaultParallelParts is how many parts of one Upload are sent at once when
-// UploadOptions.Parallel is zero: enough that a part being acknowledged does not leave the
-// connection idle, few enough that an Upload holds little memory (Parallel × PartSize).
+// DefaultParallelParts is how many parts of one Upload are in flight at once when
+// UploadOptions.Parallel is zero: one streaming while the one before waits for its answer, so
+// that the connection is not left idle between parts.
 const DefaultParallelParts = 2
 
 // maxParts is the most parts S3 accepts in one multipart upload.
@@ -196,8 +197,8 @@ type UploadOptions struct {
 	// Zero: DefaultPartSize. S3 requires at least 5 MiB, and takes at most 10,000 parts: a
 	// blob larger than 10,000 × PartSize goes up in parts of the next whole MiB that fits.
 	PartSize int64
-	// Parallel is how many parts are in flight at once, each held in memory until S3 has
-	// acknowledged it. Zero: DefaultParallelParts.
+	// Parallel is how many parts are in flight at once: one is sent as the body is read, the
+	// others wait for S3's answer. Zero: DefaultParallelParts.
 	Parallel int
 	// Progress, when set, is called with the number of bytes the HTTP client has just read
 	// from a part's body, signing passes and retries included: a sign of life for a stall
@@ -221,11 +222,12 @@ type UploadResult struct {
 }
 
 // Upload streams size bytes from body into key, as Put does, but with its own multipart
-// upload: parts go up Parallel at a time, each read into memory first (S3 needs its length and
-// checksum before it is sent), so that the memory an Upload holds is Parallel × PartSize
-// whatever the size of the blob; Progress reports every byte the HTTP client reads; and with
-// Resume, an upload cut off by a lost connection or a killed process is continued rather than
-// started again. Before it completes an upload it has checked the body's length; after, the
+// upload: each part is sent as it is read from the body, holding none of it in memory (see
+// streamed), the next one starting while the one before waits for its answer, up to Parallel
+// in flight; Progress reports every byte the HTTP client reads; and with Resume, an upload cut
+// off by a lost connection or a killed process is continued rather than started again (the
+// parts it stored are read into memory one at a time, to be checked). A blob smaller than
+// PartSize is read into memory and sent in one PutObject, with retries. Before it completes an upload it has checked the body's length; after, the
 // stored object's size. The object appears only when the upload completes.
 func (b *Backend) Upload(ctx context.Context, key string, body io.Reader, size int64, o UploadOptions) (UploadResult, error) {
 	if size < 0 {
@@ -353,10 +355,7 @@ func (u *multipart) run(ctx context.Context, body io.Reader) (res UploadResult, 
 	nparts := int((u.size + u.o.PartSize - 1) / u.o.PartSize)
 	res.Parts = nparts
 	etags := make([]string, nparts)
-	free := make(chan []byte, u.o.Parallel)
-	for range u.o.Parallel {
-		free <- nil // allocated on first use: a short last part needs no full buffer
-	}
+	slots := make(chan struct{}, u.o.Parallel)
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -366,52 +365,88 @@ func (u *multipart) run(ctx context.Context, body io.Reader) (res UploadResult, 
 	)
 	r := &exactReader{ctx: pctx, r: body, left: u.size}
 	var readErr error
+	var kept []byte // a part an earlier upload stored, read to be checked
 	for i := range nparts {
-		var buf []byte
 		select {
-		case buf = <-free:
+		case slots <- struct{}{}:
 		case <-pctx.Done():
 		}
 		if pctx.Err() != nil {
 			break
 		}
 		n := min(u.o.PartSize, u.size-int64(i)*u.o.PartSize)
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		buf = buf[:n]
-		if readErr = readPart(r, buf, i == nparts-1); readErr != nil {
-			if pctx.Err() != nil {
-				// The read stopped because the upload did (a failed part, ctx): that is the
-				// error, not the body.
-				readErr = nil
-			}
-			cancel(readErr)
-			break
-		}
 		num := int32(i + 1)
-		if p, ok := have[num]; ok && aws.ToInt64(p.Size) == n && sameMD5(aws.ToString(p.ETag), buf) {
-			etags[i] = aws.ToString(p.ETag)
-			res.Resumed += n
-			res.KeptParts++
-			free <- buf
+		last := i == nparts-1
+		if p, ok := have[num]; ok && aws.ToInt64(p.Size) == n {
+			// Stored by an earlier upload: read into memory and kept if its bytes are the
+			// same, sent from there otherwise (a part cut off when a process was killed may
+			// be listed with the bytes that arrived).
+			if kept == nil {
+				kept = make([]byte, u.o.PartSize)
+			}
+			buf := kept[:n]
+			if readErr = readPart(r, buf, last); readErr != nil {
+				<-slots
+				if pctx.Err() != nil {
+					// The read stopped because the upload did (a failed part, ctx): that is
+					// the error, not the body.
+					readErr = nil
+				}
+				cancel(readErr)
+				break
+			}
+			etag := aws.ToString(p.ETag)
+			if !sameMD5(etag, buf) {
+				out, err := u.client.UploadPart(pctx, &s3.UploadPartInput{
+					Bucket: &u.b.bucket, Key: &u.key, UploadId: &id,
+					PartNumber: &num, Body: u.partBody(buf), ContentLength: &n,
+				})
+				if err != nil {
+					<-slots
+					cancel(fmt.Errorf("part %d: %w", num, err))
+					break
+				}
+				etag = aws.ToString(out.ETag)
+				mu.Lock()
+				sent += n
+				mu.Unlock()
+			} else {
+				res.Resumed += n
+				res.KeptParts++
+			}
+			etags[i] = etag
+			<-slots
 			continue
 		}
+		pr := &partReader{r: r, left: n, last: last, progress: u.o.Progress, done: make(chan struct{})}
 		wg.Go(func() {
+			defer func() { <-slots }()
 			out, err := u.client.UploadPart(pctx, &s3.UploadPartInput{
 				Bucket: &u.b.bucket, Key: &u.key, UploadId: &id,
-				PartNumber: &num, Body: u.partBody(buf), ContentLength: &n,
-			})
-			if err != nil {
+				PartNumber: &num, Body: pr, ContentLength: &n,
+			}, streamed)
+			pr.end(nil) // for a request that failed before reading its body whole
+			switch {
+			case pr.err != nil:
+				cancel(pr.err) // the body failed: that is the reason
+			case err != nil:
 				cancel(fmt.Errorf("part %d: %w", num, err))
-			} else {
+			default:
 				etags[num-1] = aws.ToString(out.ETag)
 				mu.Lock()
 				sent += n
 				mu.Unlock()
 			}
-			free <- buf
 		})
+		// The next part's bytes follow this one's: it starts once this body has been read, while
+		// this part waits for its answer.
+		select {
+		case <-pr.done:
+		case <-pctx.Done():
+		}
+		if pctx.Err() != nil {
+			break
+		}
 	}
 	wg.Wait()
 	res.Sent = sent
@@ -436,6 +471,75 @@ func (u *multipart) run(ctx context.Context, body io.Reader) (res UploadResult, 
 		return res, err
 	}
 	return res, nil
+}
+
+// streamed sends a part's body as it is read, not signed (UNSIGNED-PAYLOAD) and without a
+// checksum, which would both need to read it whole before sending it, and tried once: a body
+// read once cannot be sent again. The service still checks the length, TCP the bytes, and the
+// completed object's size is checked; a part that fails fails the upload, which is kept for the
+// next Upload to continue with Resume.
+func streamed(o *s3.Options) {
+	o.RetryMaxAttempts = 1
+	o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+}
+
+// partReader is one part of the body, as a part request reads it: exactly left bytes, then (last)
+// a check that the body ends there. done is closed when it has been read whole or has failed, err
+// then saying how the body failed (a bodyError).
+type partReader struct {
+	r        *exactReader
+	left     int64
+	last     bool
+	progress func(int64)
+	done     chan struct{}
+	once     sync.Once
+	err      error
+}
+
+func (p *partReader) end(err error) {
+	p.once.Do(func() {
+		p.err = err
+		close(p.done)
+	})
+}
+
+func (p *partReader) Read(b []byte) (int, error) {
+	if p.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > p.left {
+		b = b[:p.left]
+	}
+	n, err := p.r.Read(b)
+	p.left -= int64(n)
+	if n > 0 && p.progress != nil {
+		p.progress(int64(n))
+	}
+	if err == nil && p.left == 0 && p.last {
+		// Look past the end: a body with more bytes is not the blob.
+		var one [1]byte
+		if _, err = p.r.Read(one[:]); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errLong
+		}
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		if p.r.ctx.Err() == nil {
+			// The body failed, not the upload.
+			p.end(bodyError{err})
+		}
+		return n, err
+	}
+	if p.left == 0 {
+		p.end(nil)
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // verify checks the completed object's size: parts taken over from an earlier upload were
