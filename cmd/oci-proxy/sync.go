@@ -29,10 +29,12 @@ func syncCmd(args []string, stdout, stderr io.Writer) error {
 	every := fs.Duration("every", 0, "run at start and then every DURATION (with up to 10% jitter) until SIGTERM; 0: once")
 	fs.IntVar(&opts.Concurrency, "concurrency", app.DefaultSyncConcurrency, "blobs copied at once")
 	partSize := sizeFlag(app.DefaultPartSize)
-	fs.Var(&partSize, "part-size", "size of an S3 part, each held in memory while sent (5MiB to 5GiB)")
+	fs.Var(&partSize, "part-size", "size of an S3 part (5MiB to 5GiB); a smaller blob is held in memory and sent in one request")
 	var gcsChunk sizeFlag
 	fs.Var(&gcsChunk, "gcs-chunk-size", "send blobs to GCS in chunks of this size, each held in memory for retries; 0: one streamed request")
-	fs.IntVar(&opts.Parallel, "parallel", app.DefaultParallel, "parts of one blob sent to an S3 mirror at once")
+	gcsPiece := sizeFlag(app.DefaultGCSPieceSize)
+	fs.Var(&gcsPiece, "gcs-piece-size", "send larger blobs to GCS in pieces of this size, composed at the end, that a later run continues (1MiB to 5GiB); 0: one upload")
+	fs.IntVar(&opts.Parallel, "parallel", app.DefaultParallel, "parts (S3) or pieces (GCS) of one blob in flight at once")
 	fs.DurationVar(&opts.Stall, "stall", app.DefaultStall, "fail a copy that moves no byte for this long")
 	quiet := fs.Bool("quiet", false, "show no progress, only the report")
 	fs.DurationVar(&opts.ProgressEvery, "progress-every", app.DefaultProgressEvery, "without a terminal, log progress this often")
@@ -70,6 +72,14 @@ func syncCmd(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	opts.GCSChunkSize = int64(gcsChunk)
+	if gcsPiece != 0 && (gcsPiece < 1<<20 || gcsPiece > 5<<30) {
+		fmt.Fprintf(stderr, "oci-proxy sync: --gcs-piece-size must be 0 or between 1MiB and 5GiB\n")
+		return errUsage
+	}
+	opts.GCSPieceSize = int64(gcsPiece)
+	if gcsPiece == 0 {
+		opts.GCSPieceSize = -1 // none (0 is the default for NewSync)
+	}
 	if opts.Parallel < 1 {
 		fmt.Fprintf(stderr, "oci-proxy sync: --parallel must be at least 1\n")
 		return errUsage

@@ -36,6 +36,11 @@ type SyncOptions struct {
 	// memory so that it can be sent again after a transient error. 0: each blob in one
 	// streamed request, which holds none of it.
 	GCSChunkSize int64
+	// GCSPieceSize, when set, sends blobs larger than it to GCS mirrors in pieces of this
+	// size, temporary objects composed into the blob at the end, so that a later run continues
+	// an upload cut off. 0: one upload per blob, started again after an interruption. Zero in
+	// a SyncOptions given to NewSync is DefaultGCSPieceSize; negative is none.
+	GCSPieceSize int64
 	// Parallel is how many parts of one blob go to an S3 mirror at once. 0: DefaultParallel.
 	Parallel int
 	// Stall ends a copy that has moved no byte for this long. 0: syncer.DefaultStall.
@@ -71,6 +76,12 @@ const DefaultSyncConcurrency = syncer.DefaultConcurrency
 // 78 GiB fit S3's 10,000 parts (larger ones get larger parts), small enough that what one copy
 // holds in memory stays small.
 const DefaultPartSize = 8 << 20
+
+// DefaultGCSPieceSize is the size of the pieces `oci-proxy sync` sends larger blobs to GCS in:
+// large enough that a piece's request and object cost little beside its bytes (a 4 GiB layer
+// is 256 pieces, composed through 8 composites), small enough that an interrupted upload loses
+// little.
+const DefaultGCSPieceSize = 16 << 20
 
 // DefaultParallel is how many parts of one blob go to an S3 mirror at once: two keep a
 // connection busy while the other part is acknowledged, and the blobs copied at once
@@ -148,8 +159,11 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 	if opts.ProgressEvery <= 0 {
 		opts.ProgressEvery = DefaultProgressEvery
 	}
+	if opts.GCSPieceSize == 0 {
+		opts.GCSPieceSize = DefaultGCSPieceSize
+	}
 	for i := range targets {
-		targets[i].Uploader = uploaderOf(targets[i].Writer, opts)
+		targets[i].Uploader = uploaderOf(targets[i].Writer, targets[i].Prefix, opts)
 	}
 	var progress *syncer.Progress
 	if opts.Progress != ProgressNone {
@@ -192,12 +206,15 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 // uploaderOf is the syncer's Uploader for a mirror's writer: the S3 and GCS backends' own
 // uploads, tuned by opts, which report progress and (S3) resume. Other writers have none and
 // are written with Put.
-func uploaderOf(w mirrors.Writer, opts SyncOptions) syncer.Uploader {
+func uploaderOf(w mirrors.Writer, prefix string, opts SyncOptions) syncer.Uploader {
 	switch b := w.(type) {
 	case *s3.Backend:
 		return s3Uploader{b: b, o: s3.UploadOptions{PartSize: opts.PartSize, Parallel: opts.Parallel, Resume: true}}
 	case *gcs.Backend:
-		return gcsUploader{b: b, o: gcs.UploadOptions{ChunkSize: int(opts.GCSChunkSize)}}
+		return gcsUploader{b: b, o: gcs.UploadOptions{
+			ChunkSize: int(opts.GCSChunkSize), PieceSize: max(opts.GCSPieceSize, 0),
+			TempPrefix: prefix + gcsUploadsDir, Parallel: opts.Parallel, Resume: true,
+		}}
 	}
 	return nil
 }
@@ -222,8 +239,12 @@ type gcsUploader struct {
 func (u gcsUploader) Upload(ctx context.Context, key string, body io.Reader, size int64, progress func(int64)) (int64, error) {
 	o := u.o
 	o.Progress = progress
-	return 0, u.b.Upload(ctx, key, body, size, o)
+	return u.b.Upload(ctx, key, body, size, o)
 }
+
+// gcsUploadsDir is where, under a GCS mirror's prefix, the pieces of blobs being uploaded go
+// (see docs/SYNC.md for the lifecycle rule that removes those of uploads never finished).
+const gcsUploadsDir = "uploads/"
 
 // showProgress displays the copies as opts say until ctx ends, and returns a function that
 // stops the display and waits for it to clear.

@@ -84,11 +84,31 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 
 // UploadOptions tune an Upload. The zero value sends the blob in one streamed request.
 type UploadOptions struct {
-	// ChunkSize, when set, sends the blob in chunks of this size (rounded up to a multiple of
-	// 256 KiB), each held in memory so that the client can send it again after a transient
-	// error. Zero: one request that streams the whole blob and holds none of it, at the cost
-	// of those retries: a failed upload fails the copy, which the next sync run starts again.
+	// ChunkSize, when set, sends the blob (or each piece) in chunks of this size (rounded up
+	// to a multiple of 256 KiB), each held in memory so that the client can send it again
+	// after a transient error. Zero: one request that streams the whole blob and holds none
+	// of it, at the cost of those retries: a failed upload fails the copy, which the next sync
+	// run starts again (or, in pieces, continues).
 	ChunkSize int
+	// PieceSize, when set, sends a blob larger than it in pieces of this size, each a
+	// temporary object under TempPrefix, streamed in a request of its own, and composes them
+	// into the key at the end (GCS's compose, through composites of 32 when there are more):
+	// an upload cut off leaves its finished pieces, which a later Upload with Resume keeps
+	// rather than sends again. The key holds nothing until the compose, which is checked
+	// against the CRC32C of every byte read, and the temporary objects are deleted once the
+	// blob is composed or when the body fails. Zero: one upload, which no later one continues.
+	PieceSize int64
+	// TempPrefix is where the temporary objects go: TempPrefix + the key's last element + "/"
+	// + the piece size + "/" + the piece's number. Required with PieceSize.
+	TempPrefix string
+	// Parallel is how many pieces are in flight at once: one streaming as the body is read,
+	// the others being finished. Zero: one.
+	Parallel int
+	// Resume keeps the pieces an earlier Upload of the same key and piece size stored, and
+	// keeps this upload's when it fails on the service's side (a network failure, a stall, a
+	// cancellation) for the next Upload to continue. A body that fails or has the wrong
+	// length still deletes them.
+	Resume bool
 	// Progress, when set, is called with the number of bytes the upload has just taken from
 	// the body: a sign of life for a stall watchdog. Streamed in one request, those are bytes
 	// sent; in chunks, a chunk in flight shows none until it is acknowledged, so a watchdog's
@@ -99,29 +119,47 @@ type UploadOptions struct {
 // chunkQuantum is the granularity of resumable upload chunks.
 const chunkQuantum = 256 << 10
 
-// Upload is Put with a chunk size and progress. The object appears only when the upload
-// completes, as with Put. An upload is not continued by a later process: the client keeps its
-// resumable session to itself (see docs/SYNC.md).
-func (b *Backend) Upload(ctx context.Context, key string, body io.Reader, size int64, o UploadOptions) error {
-	if size < 0 {
-		return fmt.Errorf("put %s on mirror %q: size %d", key, b.name, size)
+// chunk is the writer's ChunkSize for an upload of size bytes.
+func (o UploadOptions) chunk(size int64) int {
+	if o.ChunkSize <= 0 {
+		return 0
 	}
-	chunk := 0
-	if o.ChunkSize > 0 {
-		// The client allocates a whole chunk per upload: a small blob needs only its own size.
-		chunk = int(min(int64(o.ChunkSize), max(size, 1)))
-		chunk = (chunk + chunkQuantum - 1) / chunkQuantum * chunkQuantum
+	// The client allocates a whole chunk per upload: a small blob needs only its own size.
+	c := int(min(int64(o.ChunkSize), max(size, 1)))
+	return (c + chunkQuantum - 1) / chunkQuantum * chunkQuantum
+}
+
+// Upload is Put with a chunk size and progress, and (PieceSize) in pieces that a later Upload
+// continues. The object appears only when the upload completes, as with Put. It returns the
+// bytes of the blob that it did not send because an earlier Upload had stored them.
+func (b *Backend) Upload(ctx context.Context, key string, body io.Reader, size int64, o UploadOptions) (int64, error) {
+	if size < 0 {
+		return 0, fmt.Errorf("put %s on mirror %q: size %d", key, b.name, size)
+	}
+	if o.PieceSize > 0 && size > o.PieceSize {
+		if o.TempPrefix == "" {
+			return 0, fmt.Errorf("put %s on mirror %q: pieces without a TempPrefix", key, b.name)
+		}
+		p := &pieced{b: b, key: key, size: size, o: o, dir: pieceDir(o.TempPrefix, key, o.PieceSize)}
+		resumed, err := p.run(ctx, body)
+		if err != nil {
+			if cerr := context.Cause(ctx); cerr != nil && !errors.Is(err, cerr) {
+				err = fmt.Errorf("%w: %w", cerr, err)
+			}
+			return resumed, fmt.Errorf("put %s on mirror %q: %w", key, b.name, err)
+		}
+		return resumed, nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := b.bucket.Object(key).NewWriter(ctx)
-	w.ChunkSize = chunk
+	w.ChunkSize = o.chunk(size)
 	w.ContentType = "application/octet-stream"
 	w.ChunkRetryDeadline = time.Minute
 	if o.Progress != nil {
 		body = &progressReader{r: body, f: o.Progress}
 	}
-	return b.finish(ctx, cancel, key, w, body, size)
+	return 0, b.finish(ctx, cancel, key, w, body, size)
 }
 
 // progressReader reports every byte read through it.
