@@ -75,10 +75,11 @@ type Options struct {
 	// byte for this long; a copy that keeps moving takes as long as it needs. Zero:
 	// DefaultStall.
 	Stall time.Duration
-	// Detach is how long, over one blob's copy, the download may wait for one mirror while
-	// others take it: once a mirror has held the others back for that long, it reads the rest
-	// of the blob from a download of its own, and the others go on at their pace. Zero:
-	// DefaultDetach, or a quarter of Stall when that is shorter.
+	// Detach is how long the download may wait at a stretch for one mirror while others take
+	// it, and, over one blob's copy, in all when that is also more than half of the copy's
+	// time: a mirror that held the others back that long reads the rest of the blob from a
+	// download of its own, and the others go on at their pace. Zero: DefaultDetach, or a
+	// quarter of Stall when that is shorter.
 	Detach time.Duration
 	// Progress, when set, is kept up to date with every copy, for a display. Nil: none.
 	Progress *Progress

@@ -370,7 +370,7 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 					continue
 				}
 				c.refs.Add(1)
-				switch r.send(f, c, feeds, timer) {
+				switch r.send(f, c, feeds, timer, start) {
 				case sent:
 					live++
 				case gone:
@@ -464,10 +464,13 @@ const (
 )
 
 // send queues c on f. While another target still takes the download, the tee waits for f's
-// queue to have room only for what is left of f's allowance (Options.Detach, over the whole
-// copy): a mirror much slower than the others, or hung, then no longer holds them back. The
-// last target left is waited for as long as it takes (its own watchdog ends a stall).
-func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer) sendResult {
+// queue to have room only so long (see Options.Detach): for Detach at a stretch (f is hung, or
+// nearly), and, over the whole copy (which began at begun), for at least Detach and more than
+// half of the copy's time (f is less than half as fast as the others). A mirror that is slow
+// but not that slow keeps pacing the download, which costs the others some time but the
+// upstream nothing more. The last target left is waited for as long as it takes (its own
+// watchdog ends a stall).
+func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer, begun time.Time) sendResult {
 	select {
 	case f.ch <- c:
 		return sent
@@ -491,7 +494,9 @@ func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer) sendResu
 		}
 	}
 	start := time.Now()
-	timer.Reset(r.s.opts.Detach - f.waited)
+	// Detached after a wait of w once w ≥ Detach, or f.waited + w ≥ max(Detach, (elapsed+w)/2).
+	x, elapsed := r.s.opts.Detach, start.Sub(begun)
+	timer.Reset(min(x, max(x-f.waited, elapsed-2*f.waited)))
 	defer func() {
 		timer.Stop()
 		f.waited += time.Since(start)

@@ -78,10 +78,11 @@ const DefaultSyncConcurrency = syncer.DefaultConcurrency
 const DefaultPartSize = 8 << 20
 
 // DefaultGCSPieceSize is the size of the pieces `oci-proxy sync` sends larger blobs to GCS in:
-// large enough that a piece's request and object cost little beside its bytes (a 4 GiB layer
-// is 256 pieces, composed through 8 composites), small enough that an interrupted upload loses
-// little.
-const DefaultGCSPieceSize = 16 << 20
+// large enough that a piece's request, object and share of the composes cost little beside its
+// bytes (a 1 GiB layer is 16 pieces and one compose; 4 GiB, 64 pieces and 3 composes), small
+// enough that an interrupted upload loses little. Pieces are streamed: their size costs no
+// memory.
+const DefaultGCSPieceSize = 64 << 20
 
 // DefaultParallel is how many parts of one blob go to an S3 mirror at once: two keep a
 // connection busy while the other part is acknowledged, and the blobs copied at once
