@@ -95,24 +95,48 @@ func (b *Backend) Put(ctx context.Context, key string, body io.Reader, size int6
 	return fmt.Errorf("put %s on mirror %q: %w", key, b.name, err)
 }
 
-// abort aborts multipart upload id of key once more after the transfer manager's own abort:
-// that one may have failed, and S3 documents that a part still arriving when an upload is
-// aborted can be stored anyway, so that an abort may have to be repeated to free everything.
-// An upload that is already gone (NoSuchUpload, 404) is done.
+// abort aborts multipart upload id of key (once more after the transfer manager's own abort,
+// for Put: that one may have failed). S3 documents that a part still arriving when an upload is
+// aborted can be stored anyway, so that an abort may have to be repeated to free everything: a
+// part request cut off a moment ago may still be in the service's hands. So abort checks that
+// the upload is gone (NoSuchUpload, 404) and tries again, a few times, until it is.
 func (b *Backend) abort(ctx context.Context, key, id string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
-	_, err := b.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: &id})
-	if err == nil {
-		return nil
-	}
-	if _, ok := errors.AsType[*types.NoSuchUpload](err); ok {
-		return nil
-	}
-	if re, ok := errors.AsType[*awshttp.ResponseError](err); ok && re.HTTPStatusCode() == http.StatusNotFound {
-		return nil
+	var err error
+	for attempt := range 4 {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+			case <-ctx.Done():
+				return fmt.Errorf("multipart upload %s: %w", id, errors.Join(err, ctx.Err()))
+			}
+		}
+		_, err = b.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: &id})
+		if gone(err) {
+			return nil
+		}
+		if err != nil {
+			continue
+		}
+		_, err = b.client.ListParts(ctx, &s3.ListPartsInput{Bucket: &b.bucket, Key: &key, UploadId: &id})
+		if gone(err) {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("still listed after it was aborted")
+		}
 	}
 	return fmt.Errorf("multipart upload %s: %w", id, err)
+}
+
+// gone reports whether err says that a multipart upload does not exist (NoSuchUpload, 404).
+func gone(err error) bool {
+	if _, ok := errors.AsType[*types.NoSuchUpload](err); ok {
+		return true
+	}
+	re, ok := errors.AsType[*awshttp.ResponseError](err)
+	return ok && re.HTTPStatusCode() == http.StatusNotFound
 }
 
 // Close closes the idle connections of the backend's HTTP client, so that a replaced
