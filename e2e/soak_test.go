@@ -161,7 +161,7 @@ func startSoak(t *testing.T, presence string) *soakStorage {
 	cfg = strings.Replace(cfg, "trusted_proxies: []", `trusted_proxies: ["127.0.0.1/32"]`, 1)
 	cfg = strings.Replace(cfg, strconv.Quote(s.storage.geoip), strconv.Quote(s.geoip), 1)
 	t.Setenv("STORAGE_EMULATOR_HOST", s.gcs.Host)
-	s.proxy = testenv.StartProxy(t, needProxy(t), cfg)
+	s.proxy = testenv.StartProxy(t, needProxy(t), cfg, "--shutdown-grace", "5s")
 	s.config = s.proxy.Config
 	return s
 }
@@ -316,7 +316,7 @@ func TestSoakRandomDigests(t *testing.T) {
 func TestSoakRollingRestart(t *testing.T) {
 	d, conns := soakScale()
 	s := startSoak(t, "")
-	second := testenv.StartProxy(t, needProxy(t), mustRead(t, s.config))
+	second := testenv.StartProxy(t, needProxy(t), mustRead(t, s.config), "--shutdown-grace", "5s")
 	replicas := []*testenv.Proxy{s.proxy, second}
 	var ready [2]atomic.Bool
 	ready[0].Store(true)

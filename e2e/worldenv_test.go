@@ -448,8 +448,7 @@ func startWorld(t *testing.T, specs []worldImageSpec) *world {
 		w.admins = append(w.admins, "http://"+admin)
 		urls = append(urls, r.URL)
 	}
-	// Each replica serves for its shutdown grace after the signal: stop them all at once
-	// rather than one after the other.
+	// Stop the replicas together rather than one after the other.
 	t.Cleanup(func() {
 		var wg sync.WaitGroup
 		for _, r := range w.replicas {

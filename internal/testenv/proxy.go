@@ -53,17 +53,19 @@ type Proxy struct {
 	Proc   *Process
 }
 
-// StartProxy writes configYAML to a file, starts `bin serve --config FILE --listen 127.0.0.1:PORT`
-// and waits until /readyz answers 200. The proxy stops with the test; its log is shown if the
-// test failed.
-func StartProxy(t testing.TB, bin, configYAML string) *Proxy {
+// StartProxy writes configYAML to a file, starts `bin serve --config FILE --listen 127.0.0.1:PORT
+// --shutdown-grace 0s ARGS...` and waits until /readyz answers 200. The proxy stops with the test;
+// its log is shown if the test failed. A test that needs the grace a load balancer gets passes
+// its own --shutdown-grace in args (the last one given wins).
+func StartProxy(t testing.TB, bin, configYAML string, args ...string) *Proxy {
 	t.Helper()
 	p := &Proxy{Addr: Addr(t, "127.0.0.1"), Config: filepath.Join(t.TempDir(), "config.yaml")}
 	p.URL = "http://" + p.Addr
 	if err := os.WriteFile(p.Config, []byte(configYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.Proc = Start(t, "oci-proxy "+p.Addr, nil, bin, "serve", "--config", p.Config, "--listen", p.Addr)
+	argv := append([]string{"serve", "--config", p.Config, "--listen", p.Addr, "--shutdown-grace", "0s"}, args...)
+	p.Proc = Start(t, "oci-proxy "+p.Addr, nil, bin, argv...)
 	WaitReady(t, p.Proc, p.URL+"/readyz")
 	return p
 }
