@@ -25,7 +25,7 @@ date=$DATE
 
 # disable_grpc_modules: cloud.google.com/go/storage's own tag that leaves out its gRPC DirectPath
 # dependencies (xDS, Envoy's protobufs), which the JSON API this service uses never reaches; they
-# cost 9 MB of resident memory at idle (docs/BENCHMARKS.md).
+# cost about 8 MB of resident memory at idle (docs/BENCHMARKS.md).
 CGO_ENABLED=0 GOOS=linux go build -trimpath -tags disable_grpc_modules \
 	-ldflags "-s -w -X main.version=$version -X main.commit=$commit -X main.date=$date" \
 	-o "$out/oci-proxy" ./cmd/oci-proxy

@@ -165,7 +165,7 @@ const buildTags = "disable_grpc_modules"
 
 // The service's builds leave out the gRPC DirectPath dependencies of cloud.google.com/go/storage
 // (xDS, Envoy's protobufs): the JSON API the service uses never reaches them, and their package
-// initialisation alone keeps 9 MB of the executable resident. The test fails when a script stops
+// initialisation alone keeps about 8 MB of the executable resident. The test fails when a script stops
 // passing the tag or a new dependency brings them back under it.
 func TestBuildLeavesOutGRPCDirectPath(t *testing.T) {
 	for _, script := range []string{"scripts/build.sh", "scripts/release.sh", "scripts/bench.sh"} {
