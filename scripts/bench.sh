@@ -6,7 +6,8 @@
 #   requests/s and its ratio to bare Go's in the same round, p50 and p99 latency (p99 also as a
 #   ratio), the server's CPU time per request (utime + stime from /proc/PID/stat, also as a
 #   ratio) and its peak RSS during the run (VmHWM, reset before each run through
-#   /proc/PID/clear_refs). Ratios are taken round by round, then the median and range printed.
+#   /proc/PID/clear_refs). Each target is compared with bare Go measured just before and just
+#   after it (the mean of the two), then the median and range over the rounds printed.
 #
 # Targets: bare Go, and bare Go with the service's server timeouts (bare-timeouts); the manifest
 # redirect and the blob redirect to an http mirror with the repository's config.yaml (GeoIP City
@@ -21,6 +22,8 @@
 #   ROUNDS=5 DURATION=20 scripts/bench.sh     longer
 #   TARGETS='manifest|blob-http' scripts/bench.sh   bare and the targets whose name matches
 #   BASELINE=<git rev> scripts/bench.sh       also the service built from <rev> (targets @base)
+#   PAIRED=0 scripts/bench.sh                 bare Go once a round instead of around every target
+#                                             (half the time; ratios then span minutes of load)
 #   GEOIP_CITY=GeoLite2-City.mmdb GEOIP_ASN=GeoLite2-ASN.mmdb scripts/bench.sh
 #
 # wrk runs with THREADS threads (2) and CONNECTIONS connections (64) on the same cores as the
@@ -39,6 +42,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TARGETS=${TARGETS:-.}
 BASELINE=${BASELINE:-}
+PAIRED=${PAIRED:-1}
 
 need() {
 	command -v "$1" >/dev/null 2>&1 || { echo "bench: $1 is missing (${2:-see scripts/deps.sh})" >&2; exit 1; }
@@ -332,40 +336,67 @@ to_us() {
 results=$work/results
 : >"$results"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# measure ROUND SLOT TARGET: one wrk run, appended to $results.
+measure() {
+	local round=$1 slot=$2 t=$3
+	local name proc url header mirror pid hdr c0 c1 out hwm reqs rps p50 p99 bad errs cpu
+	IFS='|' read -r name proc url header mirror <<<"$t"
+	pid=${pid_of[$proc]}
+	hdr=()
+	case $header in
+	"") ;;
+	@*) hdr=(-s "${header#@}") ;;
+	*) hdr=(-H "$header") ;;
+	esac
+	echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+	c0=$(cpu_ticks "$pid")
+	out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${hdr[@]}" "$url")
+	c1=$(cpu_ticks "$pid")
+	hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+	reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+	rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+	p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
+	p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
+	bad=$(awk '/Non-2xx or 3xx/ {print $5}' <<<"$out")
+	errs=$(awk '/Socket errors/ {print $0}' <<<"$out")
+	cpu=$(awk -v d="$((c1 - c0))" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+	echo "$round $name $rps $p50 $p99 $cpu $hwm ${bad:-0} $slot" >>"$results"
+	printf 'round %d %-20s %10.0f req/s  p50 %6d us  p99 %6d us  %5.1f us CPU/req  peak %3d MB%s%s\n' \
+		"$round" "$name" "$rps" "$p50" "$p99" "$cpu" "$((hwm / 1024))" "${bad:+  non-3xx $bad}" "${errs:+  $errs}" >&2
+}
 # Each round takes the targets in an order of its own (shuffled, the same for a given round in
 # every run), so that no target is always measured right after the same one or at the same point
-# of a round, while the machine's other work comes and goes.
-n_sel=${#selected[@]}
+# of a round, while the machine's other work comes and goes. With PAIRED (the default), bare Go
+# runs before the first target and after every target, and each target is compared with the
+# mean of the two bare runs around it, seconds away rather than minutes: on a machine shared
+# with other work, that is what keeps the ratios steady. PAIRED=0 runs bare once a round.
+others=()
+for t in "${selected[@]}"; do [[ ${t%%|*} == bare ]] || others+=("$t"); done
+n_sel=${#others[@]}
 for round in $(seq "$ROUNDS"); do
 	order=$(awk -v n="$n_sel" -v seed="$round" 'BEGIN {
 		srand(seed); for (i = 0; i < n; i++) a[i] = i
 		for (i = n - 1; i > 0; i--) { j = int(rand() * (i + 1)); t = a[i]; a[i] = a[j]; a[j] = t }
 		for (i = 0; i < n; i++) printf "%d ", a[i] }')
+	slot=0
+	if [[ $PAIRED == 1 ]]; then
+		measure "$round" "$slot" "${selected[0]}"
+	else
+		# Bare once, at a place of its own in the round.
+		k=$(awk -v n="$((n_sel + 1))" -v seed="$round" 'BEGIN { srand(seed + 1000); print int(rand() * n) }')
+		order=$(awk -v o="$order" -v k="$k" 'BEGIN { n = split(o, a, " "); for (i = 1; i <= n; i++) { if (i - 1 == k) printf "b "; printf "%s ", a[i] } if (k == n) printf "b" }')
+	fi
 	for k in $order; do
-		t=${selected[$k]}
-		IFS='|' read -r name proc url header mirror <<<"$t"
-		pid=${pid_of[$proc]}
-		hdr=()
-		case $header in
-		"") ;;
-		@*) hdr=(-s "${header#@}") ;;
-		*) hdr=(-H "$header") ;;
-		esac
-		echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
-		c0=$(cpu_ticks "$pid")
-		out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${hdr[@]}" "$url")
-		c1=$(cpu_ticks "$pid")
-		hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
-		reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-		rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-		p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
-		p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
-		bad=$(awk '/Non-2xx or 3xx/ {print $5}' <<<"$out")
-		errs=$(awk '/Socket errors/ {print $0}' <<<"$out")
-		cpu=$(awk -v d="$((c1 - c0))" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
-		echo "$round $name $rps $p50 $p99 $cpu $hwm ${bad:-0}" >>"$results"
-		printf 'round %d %-20s %10.0f req/s  p50 %6d us  p99 %6d us  %5.1f us CPU/req  peak %3d MB%s%s\n' \
-			"$round" "$name" "$rps" "$p50" "$p99" "$cpu" "$((hwm / 1024))" "${bad:+  non-3xx $bad}" "${errs:+  $errs}" >&2
+		slot=$((slot + 1))
+		if [[ $k == b ]]; then
+			measure "$round" "$slot" "${selected[0]}"
+			continue
+		fi
+		measure "$round" "$slot" "${others[$k]}"
+		if [[ $PAIRED == 1 ]]; then
+			slot=$((slot + 1))
+			measure "$round" "$slot" "${selected[0]}"
+		fi
 	done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -392,9 +423,22 @@ function median(a, n,   i, j, t) {
 function lo(a, n,   i, m) { m = a[1]; for (i = 2; i <= n; i++) if (a[i] < m) m = a[i]; return m }
 function hi(a, n,   i, m) { m = a[1]; for (i = 2; i <= n; i++) if (a[i] > m) m = a[i]; return m }
 {
-	r = $1; t = $2
-	rps[r, t] = $3; p50[r, t] = $4; p99[r, t] = $5; cpu[r, t] = $6; hwm[r, t] = $7; bad[t] += $8
+	r = $1; t = $2; s = $9
+	bad[t] += $8
 	rounds[r] = 1
+	if (t == "bare") {
+		brps[r, s] = $3; bp99[r, s] = $5; bcpu[r, s] = $6; nb[r]++
+		nb_all++; a_brps[nb_all] = $3; a_bp50[nb_all] = $4; a_bp99[nb_all] = $5; a_bcpu[nb_all] = $6; bhwm = $7 > bhwm ? $7 : bhwm
+		next
+	}
+	rps[r, t] = $3; p50[r, t] = $4; p99[r, t] = $5; cpu[r, t] = $6; hwm[r, t] = $7; slot[r, t] = s
+}
+# ref(a, r, s): bare'"'"'s figure a in round r next to slot s: the mean of the runs just before and
+# after it when both exist (PAIRED), else the one bare run of the round.
+function ref(a, r, s,   n, v, k) {
+	if ((r, s - 1) in a && (r, s + 1) in a) return (a[r, s - 1] + a[r, s + 1]) / 2
+	for (k in a) { split(k, f, SUBSEP); if (f[1] == r) { n++; v += a[k] } }
+	return v / n
 }
 END {
 	printf "| target | requests/s | ratio to bare | p50 | p99 | p99 ratio | CPU/request | CPU ratio | peak RSS |\n"
@@ -402,16 +446,21 @@ END {
 	nt = split(order, names, " ")
 	for (k = 1; k <= nt; k++) {
 		t = names[k]; n = 0
+		if (t == "bare") {
+			printf "| bare | %d | 1.00 | %d µs | %.1f ms | 1.00 | %.1f µs | 1.00 | %d MB |%s\n", median(a_brps, nb_all),
+				median(a_bp50, nb_all), median(a_bp99, nb_all) / 1000, median(a_bcpu, nb_all), bhwm / 1024,
+				bad[t] ? sprintf(" %d answers not 2xx/3xx", bad[t]) : ""
+			continue
+		}
 		for (r in rounds) {
-			n++
-			a_rps[n] = rps[r, t]; a_ratio[n] = rps[r, t] / rps[r, "bare"]
-			a_p50[n] = p50[r, t]; a_p99[n] = p99[r, t]; a_p99r[n] = p99[r, t] / p99[r, "bare"]
-			a_cpu[n] = cpu[r, t]; a_cpur[n] = cpu[r, t] / cpu[r, "bare"]; a_hwm[n] = hwm[r, t]
+			n++; s = slot[r, t]
+			a_rps[n] = rps[r, t]; a_ratio[n] = rps[r, t] / ref(brps, r, s)
+			a_p50[n] = p50[r, t]; a_p99[n] = p99[r, t]; a_p99r[n] = p99[r, t] / ref(bp99, r, s)
+			a_cpu[n] = cpu[r, t]; a_cpur[n] = cpu[r, t] / ref(bcpu, r, s); a_hwm[n] = hwm[r, t]
 		}
 		ratio = sprintf("%.2f (%.2f–%.2f)", median(a_ratio, n), lo(a_ratio, n), hi(a_ratio, n))
 		p99r = sprintf("%.2f", median(a_p99r, n))
-		cpur = sprintf("%.2f", median(a_cpur, n))
-		if (t == "bare") { ratio = "1.00"; p99r = "1.00"; cpur = "1.00" }
+		cpur = sprintf("%.2f (%.2f–%.2f)", median(a_cpur, n), lo(a_cpur, n), hi(a_cpur, n))
 		printf "| %s | %d | %s | %d µs | %.1f ms | %s | %.1f µs | %s | %d MB |%s\n", t, median(a_rps, n), ratio,
 			median(a_p50, n), median(a_p99, n) / 1000, p99r, median(a_cpu, n), cpur, hi(a_hwm, n) / 1024,
 			bad[t] ? sprintf(" %d answers not 2xx/3xx", bad[t]) : ""
