@@ -212,10 +212,23 @@ func TestWebhookRegistryRetriesWhenQueueFull(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-queueDone })
 	expect(t, runs, []Push{pushOf("app", "1.0"), pushOf("app", "1.1")})
 
-	mu.Lock()
-	defer mu.Unlock()
-	first503 := slices.Index(statuses, http.StatusServiceUnavailable)
-	if first503 < 0 || !slices.Contains(statuses[first503:], http.StatusAccepted) {
-		t.Errorf("statuses %v, want a 503 and then 202 for the retry", statuses)
+	// The retry's push runs as soon as the handler queues it, before its answer is recorded:
+	// wait for the answer too.
+	retried := func() ([]int, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		first503 := slices.Index(statuses, http.StatusServiceUnavailable)
+		return slices.Clone(statuses), first503 >= 0 && slices.Contains(statuses[first503:], http.StatusAccepted)
+	}
+	deadline = time.Now().Add(eventWait)
+	for {
+		got, ok := retried()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("statuses %v, want a 503 and then 202 for the retry", got)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
