@@ -169,8 +169,8 @@ func serve(args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "oci-proxy serve: --shutdown-grace must not be negative\n")
 		return errUsage
 	}
-	// The request log waits up to app.FlushDelay to go out with its neighbours; every other line
-	// is written at once.
+	// Request lines wait up to app.FlushDelay to go out with their neighbours; other lines are
+	// written at once.
 	logBuf := app.NewLogBuffer(stderr)
 	defer logBuf.Close()
 	log, err := newLogger(logBuf, *logFormat, *logLevel)

@@ -10,7 +10,7 @@ import (
 
 // LogBuffer holds the request log's lines for a moment so that many go out in one write: one
 // write(2) per request, under the handler's lock, was the largest cost of a redirect with the
-// request log on (docs/BENCHMARKS.md). Every other line is written at once (BufferRequests).
+// request log on (docs/BENCHMARKS.md). Lines other than request lines are written at once (BufferRequests).
 //
 // Lines are written in order, whole, at the latest FlushDelay after they were logged, or when
 // the buffer is full; Close writes the rest. A process killed with SIGKILL loses at most the
