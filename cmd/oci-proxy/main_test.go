@@ -24,6 +24,10 @@ func TestCommands(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("upstream: https://x.example/acme/\nlisten: 1\nextra: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	bare := filepath.Join(t.TempDir(), "bare.yaml")
+	if err := os.WriteFile(bare, []byte("upstream: https://x.example/v2/acme/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name     string
 		args     []string
@@ -39,7 +43,7 @@ func TestCommands(t *testing.T) {
 		{"validate stray arg", []string{"validate", "x"}, 2, "unexpected argument"},
 		{"serve without config", []string{"serve"}, 1, "no configuration"},
 		{"serve bad log format", []string{"serve", "--log-format", "xml"}, 1, "--log-format"},
-		{"sync without repositories", []string{"sync", "--config", "../../config.yaml"}, 1, "sync.repositories is empty"},
+		{"sync without repositories", []string{"sync", "--config", bare}, 1, "sync.repositories is empty"},
 		{"sync bad every", []string{"sync", "--config", "../../config.yaml", "--every", "10ms"}, 2, "--every"},
 		{"demand without from", []string{"demand", "--config", "../../config.yaml"}, 2, "--from is required"},
 		{"demand bad source", []string{"demand", "--config", "../../config.yaml", "--from", "grafana=x"}, 2, "want prometheus=URL"},
