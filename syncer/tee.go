@@ -408,6 +408,8 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 		}
 	}
 	up.stop() // the upstream's part is over: waiting for the uploads to finish is theirs
+	// A detached target may take long yet: the shared download's connection is not kept for it.
+	body.Close()
 	got := fmt.Sprintf("%s:%x", b.desc.Digest.Algorithm, h.Sum(nil))
 	// go-containerregistry checks the digest too and reports a mismatch as a read error at the
 	// end; judged here from the bytes, so that the reason is the same either way.
