@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/url"
 	"slices"
@@ -127,5 +128,63 @@ func TestDetachedMirrorChecksItsOwnRead(t *testing.T) {
 	}
 	if got := len(b.digests(t, "")); got != 2 {
 		t.Errorf("mirror b holds %d blobs, want 2", got)
+	}
+}
+
+// flakyStore is a fakeStore whose first Put of each blob fails half way, as a mirror that
+// drops a connection does.
+type flakyStore struct {
+	*fakeStore
+	mu     sync.Mutex
+	failed map[string]bool
+}
+
+func (s *flakyStore) Put(ctx context.Context, key string, body io.Reader, size int64) error {
+	s.mu.Lock()
+	first := !s.failed[key] && !isProbe(key)
+	s.failed[key] = true
+	s.mu.Unlock()
+	if first {
+		_, _ = io.CopyN(io.Discard, body, size/2)
+		return errors.New("connection reset by peer")
+	}
+	return s.fakeStore.Put(ctx, key, body, size)
+}
+
+// A mirror that fails an upload (not the blob) is tried once more, from a download of its own,
+// and gets the blob; the other mirror is not held back by that.
+func TestFailedUploadTriedAgain(t *testing.T) {
+	a := &flakyStore{fakeStore: newFakeStore(), failed: map[string]bool{}}
+	s, b, u, layer := detachSetup(t, 4<<20, a, Options{})
+	rep := runAll(t, s)
+	if rep.Failures() != 0 {
+		t.Fatalf("failures: %+v", rep.Targets)
+	}
+	if got := len(a.digests(t, testPrefix)); got != 2 {
+		t.Errorf("mirror a holds %d blobs, want 2", got)
+	}
+	if got := len(b.digests(t, "")); got != 2 {
+		t.Errorf("mirror b holds %d blobs, want 2", got)
+	}
+	if n := u.getCount(layer); n != 2 {
+		t.Errorf("the layer was read from the upstream %d times, want twice (once for the second try)", n)
+	}
+}
+
+// A mirror that fails an upload on the blob's bytes (the upstream sent others) is not tried
+// again.
+func TestMismatchNotTriedAgain(t *testing.T) {
+	s, _, u, layer := detachSetup(t, 1<<20, newFakeStore(), Options{})
+	u.mu.Lock()
+	u.corrupt[layer] = true
+	u.mu.Unlock()
+	rep := runAll(t, s)
+	for _, tr := range rep.Targets[:2] {
+		if len(tr.Failed) != 1 || !strings.Contains(tr.Failed[0].Reason, "does not match the digest") {
+			t.Errorf("mirror %s failures = %+v, want the layer, as a mismatch", tr.Name, tr.Failed)
+		}
+	}
+	if n := u.getCount(layer); n != 1 {
+		t.Errorf("the layer was read from the upstream %d times, want once", n)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/happy-turtle/oci-proxy/internal/brief"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 )
 
@@ -64,7 +65,10 @@ func (c *chunk) release() {
 // feed is one upload's side of a transfer: the chunks it has yet to take, and how far it got.
 type feed struct {
 	ch    chan *chunk
-	done  chan struct{} // closed when the upload has returned
+	done  chan struct{} // closed when the upload has returned, for good
+	// gone is closed when the upload (its first attempt) has returned: the tee sends it
+	// nothing more.
+	gone  chan struct{}
 	live  *liveness
 	taken atomic.Int64 // bytes the upload has read
 	dead  bool         // the tee's view: the upload returned or was detached; send it nothing more
@@ -79,7 +83,10 @@ type feed struct {
 	// own is that read once it is open, and ownErr how it failed (the upload's goroutine only).
 	own    *ownRead
 	ownErr error
-	ctx    context.Context
+	// retried says that the upload failed on the mirror's side and was tried again from a
+	// download of its own (the upload's goroutine only, read once it is done).
+	retried bool
+	ctx     context.Context
 }
 
 // detach is where a detached feed's own read of the upstream takes over from the tee: at byte
@@ -199,6 +206,9 @@ type feedReader struct {
 	f   *feed
 	cur *chunk
 	off int
+	// bodyFailed says that the reader returned the blob's failure (the upstream's, or its own
+	// read's), not its end: an upload that failed on that is not tried again.
+	bodyFailed bool
 }
 
 func (r *feedReader) Read(p []byte) (int, error) {
@@ -210,6 +220,7 @@ func (r *feedReader) Read(p []byte) (int, error) {
 		}
 		if err != nil && err != io.EOF {
 			r.f.ownErr = err
+			r.bodyFailed = true
 		}
 		return n, err
 	}
@@ -231,10 +242,14 @@ func (r *feedReader) Read(p []byte) (int, error) {
 				own, err := d.openOwn(r.f)
 				if err != nil {
 					r.f.ownErr = err
+					r.bodyFailed = true
 					return 0, err
 				}
 				r.f.own = own
 				return r.Read(p)
+			}
+			if r.f.end != io.EOF {
+				r.bodyFailed = true
 			}
 			return 0, r.f.end
 		}
@@ -281,7 +296,7 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 	for j, i := range targets {
 		fctx, fcancel := context.WithCancelCause(ctx)
 		cancels[j] = fcancel
-		feeds[j] = &feed{ch: make(chan *chunk, queueChunks), done: make(chan struct{}), live: newLiveness(start), ctx: fctx}
+		feeds[j] = &feed{ch: make(chan *chunk, queueChunks), done: make(chan struct{}), gone: make(chan struct{}), live: newLiveness(start), ctx: fctx}
 		sides = append(sides, feeds[j].live)
 		stops = append(stops, fcancel)
 		names = append(names, "mirror "+r.s.targets[i].Name)
@@ -309,6 +324,13 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 	}
 	defer body.Close()
 
+	open := func(ctx context.Context) (io.ReadCloser, error) {
+		layer, err := p.Layer(ctx, dref)
+		if err != nil {
+			return nil, err
+		}
+		return layer.Compressed()
+	}
 	var wg sync.WaitGroup
 	for j, i := range targets {
 		t, f := r.s.targets[i], feeds[j]
@@ -323,7 +345,18 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 			}()
 			o := &outs[j]
 			o.start = time.Now()
-			o.resumed, o.err = r.upload(f.ctx, t, key, &feedReader{f: f}, size, f.live.touch)
+			fr := &feedReader{f: f}
+			o.resumed, o.err = r.upload(f.ctx, t, key, fr, size, f.live.touch)
+			close(f.gone)
+			if o.err != nil && f.ctx.Err() == nil && !fr.bodyFailed && f.detached == nil {
+				// The mirror failed (a part or piece refused, a connection lost), not the blob,
+				// and streamed requests are sent once: try once more, from a download of its
+				// own; what the first attempt stored is resumed.
+				r.s.log.Info("sync: upload failed, trying again", slog.String("mirror", t.Name),
+					slog.String("digest", b.desc.Digest.String()), slog.String("err", brief.Error(o.err, maxReason)))
+				f.retried = true
+				o.resumed, o.err = r.retry(f, t, key, b, open)
+			}
 			o.end = time.Now()
 			if o.err == nil && f.taken.Load() < size {
 				o.err = errors.New("upload ended before the blob did")
@@ -336,13 +369,6 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 
 	pool := make(chan []byte, queueChunks+2)
 	h := newHash(b.desc.Digest.Algorithm)
-	open := func(ctx context.Context) (io.ReadCloser, error) {
-		layer, err := p.Layer(ctx, dref)
-		if err != nil {
-			return nil, err
-		}
-		return layer.Compressed()
-	}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var n int64
@@ -432,7 +458,7 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 	for j, f := range feeds {
 		// A detached target's outcome is its own read's.
 		failed, mismatch := readErr, errors.Is(readErr, errMismatch)
-		if f.detached != nil {
+		if f.detached != nil || f.retried {
 			failed, mismatch = f.ownErr, errors.Is(f.ownErr, errMismatch)
 		} else {
 			switch {
@@ -456,6 +482,50 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 	return outs
 }
 
+// retry uploads b to t again, from a download of its own from the blob's first byte, checked
+// against the digest. The feed's queue is left to the collector.
+func (r *run) retry(f *feed, t Target, key string, b *blob, open func(context.Context) (io.ReadCloser, error)) (int64, error) {
+	h := newHash(b.desc.Digest.Algorithm)
+	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic(err) // the standard library's hashes marshal
+	}
+	d := &detach{from: 0, size: b.desc.Size, digest: b.desc.Digest.String(), state: state, open: open}
+	own, err := d.openOwn(f)
+	if err != nil {
+		f.ownErr = err
+		return 0, err
+	}
+	f.own = own
+	f.taken.Store(0)
+	rr := &ownReader{f: f, own: own}
+	resumed, err := r.upload(f.ctx, t, key, rr, b.desc.Size, f.live.touch)
+	if err == nil && rr.n < b.desc.Size {
+		err = errors.New("upload ended before the blob did")
+	}
+	return resumed, err
+}
+
+// ownReader is what a retried upload reads: its own download, counted like a feed.
+type ownReader struct {
+	f   *feed
+	own *ownRead
+	n   int64
+}
+
+func (r *ownReader) Read(p []byte) (int, error) {
+	n, err := r.own.Read(p)
+	if n > 0 {
+		r.n += int64(n)
+		r.f.taken.Add(int64(n))
+		r.f.live.touch()
+	}
+	if err != nil && err != io.EOF {
+		r.f.ownErr = err
+	}
+	return n, err
+}
+
 // sendResult is what became of a chunk offered to a feed.
 type sendResult int
 
@@ -476,7 +546,7 @@ func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer, begun ti
 	select {
 	case f.ch <- c:
 		return sent
-	case <-f.done:
+	case <-f.gone:
 		return gone
 	default:
 	}
@@ -491,7 +561,7 @@ func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer, begun ti
 		select {
 		case f.ch <- c:
 			return sent
-		case <-f.done:
+		case <-f.gone:
 			return gone
 		}
 	}
@@ -506,7 +576,7 @@ func (r *run) send(f *feed, c *chunk, feeds []*feed, timer *time.Timer, begun ti
 	select {
 	case f.ch <- c:
 		return sent
-	case <-f.done:
+	case <-f.gone:
 		return gone
 	case <-timer.C:
 		return behind
