@@ -64,8 +64,8 @@ func (c *chunk) release() {
 
 // feed is one upload's side of a transfer: the chunks it has yet to take, and how far it got.
 type feed struct {
-	ch    chan *chunk
-	done  chan struct{} // closed when the upload has returned, for good
+	ch   chan *chunk
+	done chan struct{} // closed when the upload has returned, for good
 	// gone is closed when the upload (its first attempt) has returned: the tee sends it
 	// nothing more.
 	gone  chan struct{}
