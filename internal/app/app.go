@@ -212,6 +212,32 @@ const (
 
 // NewServer returns an http.Server with every timeout set.
 func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
+	return newServer(addr, h, log)
+}
+
+// newPublicServer returns the server of the public listener, whose connections carry nearly all
+// the traffic, to be served on a listener wrapped by publicListener. See deadline.go: its
+// deadlines bound the same things as NewServer's, moving a connection's timers two or three times
+// per request instead of five.
+func newPublicServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
+	return publicServerWith(addr, h, log, readHeaderTimeout)
+}
+
+// publicServerWith is newPublicServer with read in place of readHeaderTimeout, for tests.
+func publicServerWith(addr string, h http.Handler, log *slog.Logger, read time.Duration) *http.Server {
+	srv := newServer(addr, bodyDeadline(h, read), log)
+	srv.ReadHeaderTimeout = read
+	srv.ReadTimeout = 0
+	srv.WriteTimeout = 0
+	return srv
+}
+
+// publicListener wraps ln for newPublicServer.
+func publicListener(ln net.Listener) net.Listener {
+	return deadlineListener{Listener: ln, writeTimeout: writeTimeout}
+}
+
+func newServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
@@ -233,8 +259,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	srvs := []*http.Server{NewServer(cfg.Listen, s.Handler(), s.log)}
-	lns := []net.Listener{ln}
+	srvs := []*http.Server{newPublicServer(cfg.Listen, s.Handler(), s.log)}
+	lns := []net.Listener{publicListener(ln)}
 	if g.admin != nil {
 		aln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
