@@ -6,7 +6,7 @@ import (
 )
 
 // benchMirrors spreads n mirrors over a few countries and places, all holding blob 1.
-func benchMirrors(b *testing.B, n int) []*Mirror {
+func benchMirrors(b testing.TB, n int) []*Mirror {
 	countries := []struct {
 		code     string
 		lat, lon float64
@@ -120,4 +120,32 @@ func BenchmarkChooseOverBudget(b *testing.B) {
 		s.Choose(b.Context(), ds[i%len(ds)])
 		i++
 	}
+}
+
+// BenchmarkChooseWarmSmall is a warm choice among three mirrors, as in the repository's
+// config.yaml: from the decision cache, and ranked as it would be without it.
+func BenchmarkChooseWarmSmall(b *testing.B) {
+	s := NewSelector(benchMirrors(b, 3), Options{})
+	q := Query{Loc: loc("81.2.69.142", "FR", 48.9, 2.35), Digest: digest(b, 1), Method: "GET"}
+	for range 3 {
+		if d := s.Choose(b.Context(), q); d.Mirror == "" {
+			b.Fatalf("warm-up went upstream: %s", d.Reason)
+		}
+	}
+	b.Run("cached", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if d := s.Choose(b.Context(), q); d.Mirror == "" {
+				b.Fatal("went upstream")
+			}
+		}
+	})
+	b.Run("ranked", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if d := s.chooseUncached(b.Context(), q); d.Mirror == "" {
+				b.Fatal("went upstream")
+			}
+		}
+	})
 }

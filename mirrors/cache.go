@@ -14,6 +14,9 @@ type cache[K comparable, V any] struct {
 	hash   func(K) uint64
 	shards []shard[K, V]
 	mask   uint64
+	// changed, when set, is called (under the shard's lock) whenever an entry is replaced or
+	// evicted before its expiry: what was read from the cache may no longer be what it holds.
+	changed func()
 }
 
 type shard[K comparable, V any] struct {
@@ -67,20 +70,26 @@ func (c *cache[K, V]) shard(k K) *shard[K, V] {
 
 // get returns the value stored for k if it has not expired at now.
 func (c *cache[K, V]) get(k K, now int64) (V, bool) {
+	v, _, ok := c.getExp(k, now)
+	return v, ok
+}
+
+// getExp is get that also returns when the value expires.
+func (c *cache[K, V]) getExp(k K, now int64) (V, int64, bool) {
 	s := c.shard(k)
 	s.mu.RLock()
 	e := s.m[k]
 	s.mu.RUnlock()
 	if e == nil || now >= e.expires {
 		var zero V
-		return zero, false
+		return zero, 0, false
 	}
 	// Only write when needed: an unconditional store would bounce the cache line between cores
 	// for every hit on a hot blob.
 	if !e.ref.Load() {
 		e.ref.Store(true)
 	}
-	return e.val, true
+	return e.val, e.expires, true
 }
 
 // put stores v for k until expires, evicting an expired or not recently used entry when full.
@@ -90,6 +99,9 @@ func (c *cache[K, V]) put(k K, v V, expires, now int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old := s.m[k]; old != nil {
+		if c.changed != nil && old.expires > now {
+			c.changed()
+		}
 		ne.slot = old.slot
 		s.ring[ne.slot] = ne
 		s.m[k] = ne
@@ -109,6 +121,9 @@ func (c *cache[K, V]) put(k K, v V, expires, now int64) {
 	for {
 		e := s.ring[s.hand]
 		if e.expires <= now || !e.ref.Load() {
+			if c.changed != nil && e.expires > now {
+				c.changed()
+			}
 			delete(s.m, e.key)
 			ne.slot = s.hand
 			s.ring[s.hand] = ne

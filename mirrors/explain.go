@@ -118,7 +118,7 @@ func (s *Selector) explain(ctx context.Context, q Query) Explanation {
 			d.Reason = ReasonNoGeo
 		}
 	default:
-		d = s.walk(ctx, &q, cands, &e, now)
+		d = s.walk(ctx, &q, cands, &e, now, nil)
 	}
 	e.Decision = explainDecision(d)
 	return e

@@ -154,26 +154,28 @@ func (s *Selector) order(cands []cand, addr uint64, tr *Explanation) {
 }
 
 // best returns the index in cands of the candidate order would put first, in one pass and without
-// sorting: most requests are served by it, and sorting is only needed when it fails.
-func (s *Selector) best(cands []cand, addr uint64) int {
+// sorting: most requests are served by it, and sorting is only needed when it fails. tied reports
+// that it shares its place with equals, so that the client's address chose it.
+func (s *Selector) best(cands []cand, addr uint64) (win int, tied bool) {
 	head := 0
 	for i := 1; i < len(cands); i++ {
 		if byPlace(cands[i], cands[head]) < 0 {
 			head = i
 		}
 	}
-	win := -1
+	win = -1
 	for i := range cands {
 		c := &cands[i]
 		if i != head && !s.equal(&cands[head], c) {
 			continue
 		}
+		tied = tied || i != head
 		c.score = rendezvous(addr, s.mirrors[c.idx])
 		if win < 0 || byScore(*c, cands[win]) < 0 {
 			win = i
 		}
 	}
-	return win
+	return win, tied
 }
 
 func byPlace(a, b cand) int { return cmp.Compare(a.place, b.place) }

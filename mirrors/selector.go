@@ -192,6 +192,11 @@ type Selector struct {
 	presence *cache[presenceKey, Object]
 	urls     *cache[urlKey, signedURL]
 	flights  singleflight.Group
+
+	// decisions are whole warm choices (decisions.go); gen moves on whenever an entry of the
+	// presence or URL cache is replaced or evicted before its expiry.
+	decisions *cache[decisionKey, cachedDecision]
+	gen       atomic.Uint64
 }
 
 type presenceKey struct {
@@ -266,6 +271,11 @@ func NewSelector(ms []*Mirror, opts Options) *Selector {
 		}
 		return h
 	})
+	s.presence.changed = s.bumpGeneration
+	s.urls.changed = s.bumpGeneration
+	s.decisions = newCache[decisionKey, cachedDecision](decisionCacheSize, func(k decisionKey) uint64 {
+		return maphash.String(s.seed, k.digest.Hex()) ^ uint64(k.asn)*0x9e3779b97f4a7c15 ^ addrHash(k.tiedClient)
+	})
 	return s
 }
 
@@ -276,18 +286,30 @@ func (s *Selector) Mirrors() []*Mirror { return s.mirrors }
 // else the upstream. See DESIGN.md "Choosing a mirror". It never waits more than 2 × Timeout in
 // total, and a blob whose presence and URL are cached costs no network round trip.
 func (s *Selector) Choose(ctx context.Context, q Query) Decision {
+	// One clock read serves the whole warm choice: decision, health, presence and URL caches.
+	now := s.now().UnixNano()
+	dk, cacheable := s.decisionKeyOf(&q)
+	gen := s.gen.Load()
+	if cacheable {
+		if d, ok := s.cachedChoice(dk, q.Loc.Addr, gen, now); ok {
+			return d
+		}
+	}
 	var buf [16]cand
 	cs := buf[:0]
 	if len(s.mirrors) > len(buf) {
 		cs = make([]cand, 0, len(s.mirrors))
 	}
-	// One clock read serves the whole warm choice: health, presence and URL caches.
-	now := s.now().UnixNano()
 	cands, why := s.rank(&q, cs, nil, now)
 	if len(cands) == 0 {
 		return toUpstream(why)
 	}
-	return s.walk(ctx, &q, cands, nil, now)
+	var memo decisionMemo
+	d := s.walk(ctx, &q, cands, nil, now, &memo)
+	if cacheable {
+		s.remember(dk, q.Loc.Addr, gen, now, d, memo)
+	}
+	return d
 }
 
 func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1, DistanceKm: -1} }
@@ -298,7 +320,9 @@ var errBudget = errors.New("no time left for this request")
 // walk tries cands best first. Without a trace it tries the best one before paying for a full
 // sort. With a trace (Explain) it goes on checking presence after the choice is made, so that every
 // mirror's state is shown.
-func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation, now int64) Decision {
+//
+// memo, when not nil, learns whether the decision may be cached (see decisions.go).
+func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explanation, now int64, memo *decisionMemo) Decision {
 	var (
 		w      = walker{s: s, ctx: ctx, digest: q.Digest, head: q.Method == "HEAD", known: q.Loc.Known(), tr: tr, start: now}
 		ah     = addrHash(q.Loc.Addr)
@@ -308,8 +332,11 @@ func (s *Selector) walk(ctx context.Context, q *Query, cands []cand, tr *Explana
 	)
 	missed := ""
 	if tr == nil {
-		b := s.best(cands, ah)
+		b, tied := s.best(cands, ah)
 		if d, ok := w.try(&cands[b]); ok {
+			if memo != nil && w.pexp != 0 && w.uexp != 0 {
+				*memo = decisionMemo{ok: true, tied: tied, expires: min(w.pexp, w.uexp)}
+			}
 			return d
 		}
 		tried = cands[b].idx
@@ -365,6 +392,9 @@ type walker struct {
 	failed   bool
 	busy     bool // a candidate was skipped for its budget or its pacing
 	absent   bool // the last check found the blob absent
+	// pexp and uexp are when the presence and URL cache entries of the last try expire; 0 when
+	// either was not read from its cache.
+	pexp, uexp int64
 }
 
 // now is the time for cache expiry: the choice's start until a network call has taken time, the
@@ -383,13 +413,17 @@ func (w *walker) check(c *cand) (Object, bool) {
 		me = &w.tr.Mirrors[c.idx]
 	}
 	w.absent = false
+	w.pexp = 0
 	if w.s.mirrors[c.idx].assumed {
+		w.pexp = neverExpires
 		if me != nil {
 			me.Presence = "assumed"
 		}
 		return Object{Exists: true, Size: -1}, true
 	}
-	obj, cached, err := w.s.present(w.ctx, c.idx, w.digest, w.now(), &w.deadline)
+	obj, exp, err := w.s.present(w.ctx, c.idx, w.digest, w.now(), &w.deadline)
+	cached := exp != 0
+	w.pexp = exp
 	switch {
 	case isBusy(err):
 		w.busy = true
@@ -422,7 +456,8 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	if !ok {
 		return Decision{}, false
 	}
-	su, err := w.s.url(w.ctx, c.idx, w.head, w.digest, w.now(), &w.deadline)
+	su, uexp, err := w.s.url(w.ctx, c.idx, w.head, w.digest, w.now(), &w.deadline)
+	w.uexp = uexp
 	if err != nil {
 		w.failed = true
 		if w.tr != nil {
@@ -444,13 +479,14 @@ func (w *walker) try(c *cand) (Decision, bool) {
 	return Decision{Mirror: w.s.mirrors[c.idx].name, URL: su.u, Location: su.s, Reason: reason, Size: obj.Size, Expires: su.expires, DistanceKm: km}, true
 }
 
-// present reports whether mirror i holds d, from the cache or from one merged backend check. A
-// check the mirror's budget or pacing refuses is an error for which isBusy is true; requests
-// that join a check in flight take nothing from the budget.
-func (s *Selector) present(ctx context.Context, i int, d oci.Digest, now int64, deadline *time.Time) (Object, bool, error) {
+// present reports whether mirror i holds d, from the cache or from one merged backend check, and
+// when the cache entry it came from expires (0: not from the cache). A check the mirror's budget
+// or pacing refuses is an error for which isBusy is true; requests that join a check in flight
+// take nothing from the budget.
+func (s *Selector) present(ctx context.Context, i int, d oci.Digest, now int64, deadline *time.Time) (Object, int64, error) {
 	k := presenceKey{i, d}
-	if o, ok := s.presence.get(k, now); ok {
-		return o, true, nil
+	if o, exp, ok := s.presence.getExp(k, now); ok {
+		return o, exp, nil
 	}
 	v, err := s.flight(ctx, "p"+strconv.Itoa(i)+d.String(), deadline, func(fctx context.Context) (any, error) {
 		if err := s.admit(i); err != nil {
@@ -459,17 +495,18 @@ func (s *Selector) present(ctx context.Context, i int, d oci.Digest, now int64, 
 		return s.stat(fctx, i, d)
 	})
 	if err != nil {
-		return Object{}, false, err
+		return Object{}, 0, err
 	}
-	return v.(Object), false, nil
+	return v.(Object), 0, nil
 }
 
 // url returns a URL for d on mirror i, reusing a signed one while more than half its life is left
-// so that the redirects of a busy blob cost no signing, and clients always get enough time.
-func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, now int64, deadline *time.Time) (signedURL, error) {
+// so that the redirects of a busy blob cost no signing, and clients always get enough time. It
+// also returns when the cache entry it came from is no longer reused (0: not from the cache).
+func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, now int64, deadline *time.Time) (signedURL, int64, error) {
 	k := urlKey{i, head, d}
-	if v, ok := s.urls.get(k, now); ok {
-		return v, nil
+	if v, exp, ok := s.urls.getExp(k, now); ok {
+		return v, exp, nil
 	}
 	name := "u" + strconv.Itoa(i) + d.String()
 	if head {
@@ -499,9 +536,9 @@ func (s *Selector) url(ctx context.Context, i int, head bool, d oci.Digest, now 
 		return su, nil
 	})
 	if err != nil {
-		return signedURL{}, err
+		return signedURL{}, 0, err
 	}
-	return v.(signedURL), nil
+	return v.(signedURL), 0, nil
 }
 
 // flight runs fn once for all concurrent callers with the same name. fn gets a context detached
