@@ -110,6 +110,7 @@ func (s *Selector) remember(k decisionKey, client netip.Addr, gen uint64, now in
 		s.decisions.put(k, cachedDecision{gen: gen, tied: true}, memo.expires, now)
 		k.tiedClient = client.Unmap()
 	}
+	d.Values = &[3]string{d.Mirror, d.Reason, d.Location}
 	s.decisions.put(k, cachedDecision{d: d, gen: gen}, memo.expires, now)
 }
 

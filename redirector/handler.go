@@ -33,6 +33,10 @@ type BlobTarget struct {
 	Reason string // for X-Mirror-Reason, e.g. "country" or "fallback:not-present"
 	// Country is the client's country as located, for the request log only; "" when unknown.
 	Country string
+	// Values, when not nil, holds Mirror, Reason and URL, in that order, in an array shared by
+	// every answer that gives them: the headers are set from it without an allocation. It is
+	// never modified, and ignored when URL is empty.
+	Values *[3]string
 }
 
 // ReasonNoMirrors is the X-Mirror-Reason of a blob sent to the upstream because no BlobRouter is
@@ -333,8 +337,12 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, route Route,
 		}
 	}
 	o.mirror, o.reason, o.country = t.Mirror, t.Reason, t.Country
-	// One allocation for the three values; each slice is capped so that appending copies.
-	vals := [...]string{t.Mirror, t.Reason, t.URL}
+	// The three values in one array, each slice capped so that appending copies: prebuilt by the
+	// router for a remembered choice, else one allocation.
+	vals := t.Values
+	if vals == nil || toUpstream {
+		vals = &[3]string{t.Mirror, t.Reason, t.URL}
+	}
 	hd := w.Header()
 	hd["X-Mirror"] = vals[0:1:1]
 	hd["X-Mirror-Reason"] = vals[1:2:2]

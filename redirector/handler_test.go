@@ -259,3 +259,31 @@ func TestRequestLog(t *testing.T) {
 type routerFunc func(BlobQuery) BlobTarget
 
 func (f routerFunc) RouteBlob(_ context.Context, q BlobQuery) BlobTarget { return f(q) }
+
+// TestBlobValuesShared checks that a router's prebuilt values become the headers as they are,
+// without a copy, and that an answer sent upstream does not use them.
+func TestBlobValuesShared(t *testing.T) {
+	vals := &[3]string{"eu-west", "country", mirrorBase + "sha256/" + hex64}
+	var up bool
+	h := New(Options{Upstream: newTable(t), Blobs: routerFunc(func(BlobQuery) BlobTarget {
+		if up {
+			return BlobTarget{Reason: "fallback:not-present", Values: vals}
+		}
+		return BlobTarget{URL: vals[2], Mirror: vals[0], Reason: vals[1], Values: vals}
+	})})
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/v2/app/blobs/sha256:"+hex64, nil))
+	hd := w.Result().Header
+	if w.Code != 307 || hd.Get("Location") != vals[2] || hd.Get("X-Mirror") != "eu-west" || hd.Get("X-Mirror-Reason") != "country" {
+		t.Fatalf("answer %d, headers %v", w.Code, hd)
+	}
+	if loc := w.Header()["Location"]; &loc[0] != &vals[2] || cap(loc) != 1 {
+		t.Errorf("Location is not the shared value (cap %d)", cap(loc))
+	}
+	up = true
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/v2/app/blobs/sha256:"+hex64, nil))
+	if loc := w.Header().Get("Location"); !strings.HasPrefix(loc, upstreamBase) || w.Header().Get("X-Mirror-Reason") != "fallback:not-present" {
+		t.Fatalf("upstream answer: Location %q, headers %v", loc, w.Header())
+	}
+}

@@ -251,7 +251,7 @@ func (b blobRouter) RouteBlob(ctx context.Context, q redirector.BlobQuery) redir
 	if d.Mirror == "" || d.URL == nil {
 		return redirector.BlobTarget{Reason: d.Reason, Country: loc.Country}
 	}
-	return redirector.BlobTarget{URL: d.Location, Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country}
+	return redirector.BlobTarget{URL: d.Location, Mirror: d.Mirror, Reason: d.Reason, Country: loc.Country, Values: d.Values}
 }
 
 // idleConns closes a client's idle connections when the parts close; the client stays usable for
