@@ -208,10 +208,19 @@ type feedReader struct {
 	off int
 	// bodyFailed says that the reader returned the blob's failure (the upstream's, or its own
 	// read's), not its end: an upload that failed on that is not tried again.
-	bodyFailed bool
+	bodyFailed atomic.Bool
+	// closed, once the upload has returned, makes any later read fail.
+	closed atomic.Bool
 }
 
+var errReaderClosed = errors.New("read after the upload returned")
+
+func (r *feedReader) failed() bool { return r.bodyFailed.Load() }
+
 func (r *feedReader) Read(p []byte) (int, error) {
+	if r.closed.Load() {
+		return 0, errReaderClosed
+	}
 	if r.f.own != nil {
 		n, err := r.f.own.Read(p)
 		if n > 0 {
@@ -220,7 +229,7 @@ func (r *feedReader) Read(p []byte) (int, error) {
 		}
 		if err != nil && err != io.EOF {
 			r.f.ownErr = err
-			r.bodyFailed = true
+			r.bodyFailed.Store(true)
 		}
 		return n, err
 	}
@@ -242,14 +251,14 @@ func (r *feedReader) Read(p []byte) (int, error) {
 				own, err := d.openOwn(r.f)
 				if err != nil {
 					r.f.ownErr = err
-					r.bodyFailed = true
+					r.bodyFailed.Store(true)
 					return 0, err
 				}
 				r.f.own = own
 				return r.Read(p)
 			}
 			if r.f.end != io.EOF {
-				r.bodyFailed = true
+				r.bodyFailed.Store(true)
 			}
 			return 0, r.f.end
 		}
@@ -347,8 +356,9 @@ func (r *run) transfer(ctx context.Context, p *remote.Puller, b *blob, targets [
 			o.start = time.Now()
 			fr := &feedReader{f: f}
 			o.resumed, o.err = r.upload(f.ctx, t, key, fr, size, f.live.touch)
+			fr.closed.Store(true) // a request's body may still be read after it returned
 			close(f.gone)
-			if o.err != nil && f.ctx.Err() == nil && !fr.bodyFailed && f.detached == nil {
+			if o.err != nil && f.ctx.Err() == nil && !fr.failed() {
 				// The mirror failed (a part or piece refused, a connection lost), not the blob,
 				// and streamed requests are sent once: try once more, from a download of its
 				// own; what the first attempt stored is resumed.
@@ -496,7 +506,7 @@ func (r *run) retry(f *feed, t Target, key string, b *blob, open func(context.Co
 		f.ownErr = err
 		return 0, err
 	}
-	f.own = own
+	defer own.body.Close()
 	f.taken.Store(0)
 	rr := &ownReader{f: f, own: own}
 	resumed, err := r.upload(f.ctx, t, key, rr, b.desc.Size, f.live.touch)
