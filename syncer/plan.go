@@ -48,6 +48,14 @@ func (s *Syncer) All(ctx context.Context) (Report, error) {
 // not an error. A digest is copied whatever the globs: a registry announces the images of an
 // index by digest alone.
 func (s *Syncer) Ref(ctx context.Context, repo string, rf oci.Reference) (Report, error) {
+	return s.RefAt(ctx, repo, rf, oci.Digest{})
+}
+
+// RefAt is Ref for a tag whose manifest is known by its digest (a push notification says which
+// manifest it put under the tag): the tag decides whether to copy, as in Ref, and the manifest
+// is read by the digest, so that a tag not yet (or no longer) pointing at it does not matter.
+// A zero digest reads by the tag, as Ref does.
+func (s *Syncer) RefAt(ctx context.Context, repo string, rf oci.Reference, at oci.Digest) (Report, error) {
 	r := s.newRun()
 	reference := rf.String()
 	i := slices.IndexFunc(s.plan.Repositories, func(sr Repository) bool { return sr.Name == repo })
@@ -68,6 +76,10 @@ func (s *Syncer) Ref(ctx context.Context, repo string, rf oci.Reference) (Report
 	default:
 		if why := tagSkipped(s.plan.Repositories[i], rf.Tag()); why != "" {
 			r.skip(Skip{Repository: repo, Ref: reference, Reason: why})
+			break
+		}
+		if !at.IsZero() {
+			r.refs = append(r.refs, ref{client: repo, ref: up.Digest(at.String())})
 			break
 		}
 		r.refs = append(r.refs, ref{client: repo, ref: up.Tag(reference)})

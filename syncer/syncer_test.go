@@ -609,3 +609,46 @@ func TestWithStop(t *testing.T) {
 			copied, r.rep.NotStarted, r.rep.Failures(), len(blobs)-1, len(blobs)-1)
 	}
 }
+
+// RefAt reads the manifest a push notification named by its digest, the tag deciding only
+// whether to copy: a tag that points elsewhere (or nowhere yet) does not matter.
+func TestRefAt(t *testing.T) {
+	u := startUpstream(t)
+	u.push(t, "app:1.0", randomImage(t, 1))
+	pushed := randomImage(t, 2)
+	newBlobs := u.push(t, "app:other", pushed)
+	d, err := pushed.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, err := oci.ParseDigest(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repos := []Repository{{Name: "app", Tags: []string{"1.*"}}}
+	for _, tt := range []struct {
+		name, tag string
+		want      []string
+	}{
+		{name: "tag moved on", tag: "1.0", want: newBlobs},
+		{name: "tag not there yet", tag: "1.5", want: newBlobs},
+		{name: "tag outside the globs", tag: "2.0", want: nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, a, _ := setup(t, u, repos, Options{})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rf, err := oci.ParseReference(tt.tag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := s.RefAt(ctx, "app", rf, at)
+			if err != nil || rep.Failures() != 0 {
+				t.Fatalf("RefAt: %v, %+v", err, rep)
+			}
+			if diff := cmp.Diff(sorted(tt.want), a.digests(t, testPrefix)); diff != "" {
+				t.Errorf("blobs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -409,7 +409,7 @@ func (s *Sync) startWebhooks(life *lifecycle, addr string) (*http.Server, error)
 	}
 	// A push's copy runs on the work context, which outlives the queue's: see lifecycle.
 	q := webhook.NewQueue(func(_ context.Context, p webhook.Push) {
-		rep, err := s.syncer.Ref(syncer.WithStop(life.work, life.stopping.Done()), p.Repo, p.Ref)
+		rep, err := s.syncer.RefAt(syncer.WithStop(life.work, life.stopping.Done()), p.Repo, p.Ref, p.Digest)
 		if err != nil {
 			s.log.Error("sync: push failed", slog.String("push", p.String()), slog.String("err", err.Error()))
 		}

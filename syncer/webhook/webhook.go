@@ -31,6 +31,11 @@ import (
 type Push struct {
 	Repo string
 	Ref  oci.Reference
+	// Digest is, for a tag, the manifest the push put under it, when the notification says:
+	// the copy reads that manifest by its digest, the tag choosing only whether to copy it. A
+	// registry may announce a push before the tag points at it (distribution does), and the
+	// tag may have moved on since. Zero: read by the tag.
+	Digest oci.Digest
 }
 
 // String returns "repo:tag" or "repo@digest".
@@ -113,6 +118,11 @@ func ParseRegistryEvents(body []byte, ups *upstream.Table) ([]Push, error) {
 		p, ok, err := toPush(ups, host, ev.Target.Repository, ref)
 		if err != nil {
 			return nil, fmt.Errorf("%w: event %d: %w", ErrEvent, i, err)
+		}
+		if ok && ev.Target.Tag != "" && ev.Target.Digest != "" {
+			if p.Digest, err = oci.ParseDigest(ev.Target.Digest); err != nil {
+				return nil, fmt.Errorf("%w: event %d: target.digest %q: %w", ErrEvent, i, ev.Target.Digest, err)
+			}
 		}
 		if ok {
 			out.add(p)
