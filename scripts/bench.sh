@@ -9,7 +9,7 @@
 #   /proc/PID/clear_refs). Each target is compared with bare Go measured just before and just
 #   after it (the mean of the two), then the median and range over the rounds printed.
 #
-# Targets: bare Go, and bare Go with the service's server timeouts (bare-timeouts); the manifest
+# Targets: bare Go, and bare Go with net/http's read, write and idle timeouts as NewServer sets them (bare-timeouts); the manifest
 # redirect and the blob redirect to an http mirror with the repository's config.yaml (GeoIP City
 # + ASN, three mirrors, metrics), with the request log off (--log-level warn); the same manifest
 # redirect with the request log at info, written to a file; blob redirects to an S3 mirror
