@@ -9,8 +9,10 @@
 #   /proc/PID/clear_refs). Each target is compared with bare Go measured just before and just
 #   after it (the mean of the two), then the median and range over the rounds printed.
 #
-# Targets: bare Go, and bare Go with net/http's read, write and idle timeouts as NewServer sets them (bare-timeouts); the manifest
-# redirect and the blob redirect to an http mirror with the repository's config.yaml (GeoIP City
+# Targets: bare Go, and bare Go with net/http's read, write and idle timeouts as internal/app's
+# NewServer sets them (bare-timeouts; the service's public listener keeps coarser deadlines of its
+# own, internal/app/deadline.go); the manifest redirect and the blob redirect to an http mirror
+# with the repository's config.yaml (GeoIP City
 # + ASN, three mirrors, metrics), with the request log off (--log-level warn); the same manifest
 # redirect with the request log at info, written to a file; blob redirects to an S3 mirror
 # (versitygw) and a GCS mirror (fake-gcs-server) with their signed URLs cached; a proxy-mode
@@ -111,7 +113,7 @@ manifest_location=https://us-central1-docker.pkg.dev/v2/oci-proxy/oci-proxy-imag
 # The reference.
 "$work/benchsrv" --listen 127.0.0.1:18090 --location "$manifest_location" & pids+=($!)
 bare_pid=$!
-# The same with the service's server timeouts: what they cost on their own.
+# The same with net/http's timeouts as NewServer sets them: what they cost on their own.
 "$work/benchsrv" --listen 127.0.0.1:18091 --location "$manifest_location" --timeouts & pids+=($!)
 bare_timeouts_pid=$!
 wait_http http://127.0.0.1:18090/
