@@ -304,9 +304,18 @@ func TestDemandMirroring(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var vals struct{ Data []string }
-		_ = json.NewDecoder(resp.Body).Decode(&vals)
+		var vals struct {
+			Status string
+			Data   []string
+		}
+		err = json.NewDecoder(resp.Body).Decode(&vals)
 		resp.Body.Close()
+		if err != nil || vals.Status != "success" || len(vals.Data) == 0 {
+			t.Fatalf("Prometheus label %s values: status %q, %v, values %q", l, vals.Status, err, vals.Data)
+		}
+		if l == "repository" && !slices.Contains(vals.Data, "app") {
+			t.Errorf("Prometheus repository values %q lack app", vals.Data)
+		}
 		for _, v := range vals.Data {
 			if looksLikeDigestOrAddress(v) || (l == "repository" && !slices.Contains([]string{"app", "tools", "other"}, v)) {
 				t.Errorf("Prometheus holds label %s=%q", l, v)
