@@ -15,17 +15,7 @@ import (
 
 // chooseUncached is Choose without the decision cache: the reference it must agree with.
 func (s *Selector) chooseUncached(ctx context.Context, q Query) Decision {
-	now := s.now().UnixNano()
-	var buf [16]cand
-	cs := buf[:0]
-	if len(s.mirrors) > len(buf) {
-		cs = make([]cand, 0, len(s.mirrors))
-	}
-	cands, why := s.rank(&q, cs, nil, now)
-	if len(cands) == 0 {
-		return toUpstream(why)
-	}
-	return s.walk(ctx, &q, cands, nil, now, nil)
+	return s.choose(ctx, &q, s.now().UnixNano(), nil)
 }
 
 // TestDecisionCacheAgreesWithSelector runs random requests, clock moves, deletions and failures

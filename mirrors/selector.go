@@ -299,21 +299,27 @@ func (s *Selector) Choose(ctx context.Context, q Query) Decision {
 			return d
 		}
 	}
+	var memo decisionMemo
+	d := s.choose(ctx, &q, now, &memo)
+	if cacheable {
+		s.remember(dk, q.Loc.Addr, gen, now, d, memo)
+	}
+	return d
+}
+
+// choose is Choose without the decision cache: rank, then walk. memo, when not nil, learns
+// whether the decision may be cached.
+func (s *Selector) choose(ctx context.Context, q *Query, now int64, memo *decisionMemo) Decision {
 	var buf [16]cand
 	cs := buf[:0]
 	if len(s.mirrors) > len(buf) {
 		cs = make([]cand, 0, len(s.mirrors))
 	}
-	cands, why := s.rank(&q, cs, nil, now)
+	cands, why := s.rank(q, cs, nil, now)
 	if len(cands) == 0 {
 		return toUpstream(why)
 	}
-	var memo decisionMemo
-	d := s.walk(ctx, &q, cands, nil, now, &memo)
-	if cacheable {
-		s.remember(dk, q.Loc.Addr, gen, now, d, memo)
-	}
-	return d
+	return s.walk(ctx, q, cands, nil, now, memo)
 }
 
 func toUpstream(reason string) Decision { return Decision{Reason: reason, Size: -1, DistanceKm: -1} }
