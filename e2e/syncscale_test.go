@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -650,49 +649,9 @@ type throttle struct {
 
 func startThrottle(t *testing.T, target string, rate int64) *throttle {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	th := &throttle{addr: ln.Addr().String()}
+	th := &throttle{}
 	th.rate.Store(rate)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) { mu.Lock(); conns = append(conns, c); mu.Unlock() }
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", target, 5*time.Second)
-				if err != nil {
-					return
-				}
-				track(up)
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { th.copy(up, c); done <- struct{}{} }()
-				go func() { th.copy(c, up); done <- struct{}{} }()
-				<-done
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	th.addr = testenv.ForwardThrough(t, target, th.copy)
 	return th
 }
 

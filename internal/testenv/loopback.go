@@ -74,6 +74,13 @@ func Send(t testing.TB, c *http.Client, req *http.Request) Answer {
 // with the test.
 func Forward(t testing.TB, target string) string {
 	t.Helper()
+	return ForwardThrough(t, target, func(dst io.Writer, src io.Reader) { _, _ = io.Copy(dst, src) })
+}
+
+// ForwardThrough is Forward with pipe passing the bytes of each direction of each connection
+// (from src to dst, until either fails), so that a test can slow or stop them.
+func ForwardThrough(t testing.TB, target string, pipe func(dst io.Writer, src io.Reader)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("forwarder to %s: %v", target, err)
@@ -108,8 +115,8 @@ func Forward(t testing.TB, target string) string {
 				track(up)
 				defer up.Close()
 				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+				go func() { pipe(up, c); done <- struct{}{} }()
+				go func() { pipe(c, up); done <- struct{}{} }()
 				<-done
 			}()
 		}
