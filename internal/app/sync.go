@@ -30,7 +30,7 @@ import (
 type SyncOptions struct {
 	DryRun      bool
 	Concurrency int // blobs copied at once; 0: syncer.DefaultConcurrency
-	// PartSize is the size of an S3 part, held in memory while it is sent. 0: DefaultPartSize.
+	// PartSize is the size of an S3 part. 0: DefaultPartSize.
 	PartSize int64
 	// GCSChunkSize, when set, sends blobs to GCS mirrors in chunks of this size, each held in
 	// memory so that it can be sent again after a transient error. 0: each blob in one
@@ -73,9 +73,9 @@ const DefaultSyncConcurrency = syncer.DefaultConcurrency
 
 // DefaultPartSize is the S3 part size of `oci-proxy sync`: S3's 5 MiB minimum rounded up to a
 // power of two, large enough that a part's request overhead is small and that blobs of up to
-// 78 GiB fit S3's 10,000 parts (larger ones get larger parts), small enough that what one copy
-// holds in memory stays small.
-const DefaultPartSize = 8 << 20
+// 78 GiB fit S3's 10,000 parts (larger ones get larger parts), small enough that a part resumed
+// from an earlier run, read into memory to be checked, stays small.
+const DefaultPartSize = s3.DefaultPartSize
 
 // DefaultGCSPieceSize is the size of the pieces `oci-proxy sync` sends larger blobs to GCS in:
 // large enough that a piece's request, object and share of the composes cost little beside its
@@ -87,7 +87,7 @@ const DefaultGCSPieceSize = 64 << 20
 // DefaultParallel is how many parts of one blob go to an S3 mirror at once: two keep a
 // connection busy while the other part is acknowledged, and the blobs copied at once
 // (--concurrency) add their own.
-const DefaultParallel = 2
+const DefaultParallel = s3.DefaultParallelParts
 
 // DefaultStall is how long a copy of `oci-proxy sync` may move no byte before it fails.
 const DefaultStall = syncer.DefaultStall
@@ -150,9 +150,6 @@ func NewSync(ctx context.Context, cfg *config.Config, opts SyncOptions) (*Sync, 
 	if err != nil {
 		closer.Close()
 		return nil, err
-	}
-	if opts.PartSize <= 0 {
-		opts.PartSize = DefaultPartSize
 	}
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
