@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors"
-	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // timedStore is a fakeStore that records when each Put of a blob returned.
@@ -44,21 +42,13 @@ func detachSetup(t *testing.T, layerSize int64, a mirrors.Writer, opts Options) 
 	u := startUpstream(t)
 	img := testenv.OCIImage(t, 1, layerSize, "linux/amd64")
 	blobs := u.push(t, "app:1.0", img)
-	base, err := url.Parse(u.srv.URL + "/v2/acme/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ups, err := upstream.NewTable(base, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := &timedStore{fakeStore: newFakeStore(), done: map[string]time.Time{}}
 	targets := []Target{{Name: "a", Prefix: testPrefix, Writer: a}, {Name: "b", Writer: b}}
 	layer := testenv.Describe(t, img).Layers[0]
 	if !slices.Contains(blobs, layer) {
 		t.Fatalf("layer %s not among the blobs %v", layer, blobs)
 	}
-	return New(Plan{Repositories: []Repository{{Name: "app"}}}, ups, targets, opts), b, u, layer
+	return newSyncer(t, u, targets, opts), b, u, layer
 }
 
 // A mirror that hangs half way through a large blob holds the other back for Detach, not until

@@ -3,7 +3,6 @@ package syncer
 import (
 	"context"
 	"io"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
-	"github.com/happy-turtle/oci-proxy/upstream"
 )
 
 // pacedWriter is a fakeStore whose Put reads every chunk bytes with a pause of every between
@@ -71,17 +69,9 @@ func stallSetup(t *testing.T, layers int, layerSize int64, a *pacedWriter, opts 
 	t.Helper()
 	u := startUpstream(t)
 	blobs := u.push(t, "app:1.0", testenv.OCIImage(t, layers, layerSize, "linux/amd64"))
-	base, err := url.Parse(u.srv.URL + "/v2/acme/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ups, err := upstream.NewTable(base, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := newFakeStore()
 	targets := []Target{{Name: "a", Prefix: testPrefix, Writer: a}, {Name: "b", Writer: b}}
-	return New(Plan{Repositories: []Repository{{Name: "app"}}}, ups, targets, opts), b, blobs
+	return newSyncer(t, u, targets, opts), b, blobs
 }
 
 // A mirror that stops taking bytes fails as stalled once Stall has passed; the other mirror
