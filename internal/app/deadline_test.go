@@ -46,19 +46,19 @@ func waitClosed(t *testing.T, closed *atomic.Int32, n int32, within time.Duratio
 	return time.Since(start)
 }
 
-func TestCoarseDeadlinesCutSlowHeaders(t *testing.T) {
-	addr, closed := coarseServer(t, http.NotFoundHandler(), 300*time.Millisecond, time.Second)
+// trickle connects to addr, writes head, then one byte every 50 ms until the test ends.
+func trickle(t *testing.T, addr, head string) {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if _, err := io.WriteString(c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n"); err != nil {
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, head); err != nil {
 		t.Fatal(err)
 	}
-	// One header byte every 50 ms: each read makes progress, only the request's deadline ends it.
 	stop := make(chan struct{})
-	defer close(stop)
+	t.Cleanup(func() { close(stop) })
 	go func() {
 		for {
 			select {
@@ -71,6 +71,12 @@ func TestCoarseDeadlinesCutSlowHeaders(t *testing.T) {
 			}
 		}
 	}()
+}
+
+func TestCoarseDeadlinesCutSlowHeaders(t *testing.T) {
+	addr, closed := coarseServer(t, http.NotFoundHandler(), 300*time.Millisecond, time.Second)
+	// One header byte every 50 ms: each read makes progress, only the request's deadline ends it.
+	trickle(t, addr, "GET /v2/ HTTP/1.1\r\nHost: x\r\n")
 	if d := waitClosed(t, closed, 1, 3*time.Second); d < 250*time.Millisecond {
 		t.Fatalf("cut off after %v, before the header timeout", d)
 	}
@@ -80,28 +86,7 @@ func TestCoarseDeadlinesCutSlowBody(t *testing.T) {
 	addr, closed := coarseServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 	}), 300*time.Millisecond, time.Second)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, "GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-				if _, err := io.WriteString(c, "X"); err != nil {
-					return
-				}
-			}
-		}
-	}()
+	trickle(t, addr, "GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
 	waitClosed(t, closed, 1, 3*time.Second)
 }
 
