@@ -73,6 +73,40 @@ func geoDir(t testing.TB) string {
 	return d
 }
 
+// loadYAML writes yaml to a file and loads it as the configuration.
+func loadYAML(t testing.TB, yaml string) *config.Config {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, config.Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// testService is the service of testConfig, closed when the test ends.
+func testService(t testing.TB, eu, us *blobServer, info BuildInfo) *Service {
+	t.Helper()
+	svc, err := New(context.Background(), testConfig(t, eu, us), info, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	return svc
+}
+
+// forwardedRequest is a GET of target from 89.160.20.112 (in Germany for the test database), through
+// testConfig's trusted proxy.
+func forwardedRequest(target string) *http.Request {
+	req := httptest.NewRequest("GET", target, nil)
+	req.RemoteAddr = "192.0.2.1:5000"
+	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	return req
+}
+
 func testConfig(t testing.TB, eu, us *blobServer) *config.Config {
 	t.Helper()
 	yaml := fmt.Sprintf(`
@@ -96,15 +130,7 @@ mirrors:
     location: {lat: 38.9, lon: -77.4}
     networks: ["10.20.0.0/16"]
 `, eu.URL, us.URL, geoDir(t))
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path, config.Overrides{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
+	return loadYAML(t, yaml)
 }
 
 // TestBlobRouting runs requests through the whole service as built from a config file: trusted
@@ -112,11 +138,7 @@ mirrors:
 func TestBlobRouting(t *testing.T) {
 	eu := newBlobServer(t, "eu/blobs/", blobA)
 	us := newBlobServer(t, "", blobA, blobB)
-	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{Version: "test"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := testService(t, eu, us, BuildInfo{Version: "test"})
 	up := "http://127.0.0.2:5000/v2/acme/images/app/blobs/"
 	for _, tc := range []struct {
 		name, remote, xff, digest string
@@ -158,11 +180,7 @@ func TestBlobRouting(t *testing.T) {
 func TestAdminResolve(t *testing.T) {
 	eu := newBlobServer(t, "eu/blobs/", blobA)
 	us := newBlobServer(t, "", blobA)
-	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := testService(t, eu, us, BuildInfo{})
 	rec := httptest.NewRecorder()
 	svc.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/_/resolve?ip=89.160.20.112&digest="+blobA, nil))
 	var e struct {
@@ -188,14 +206,8 @@ func TestAdminResolve(t *testing.T) {
 func BenchmarkBlobRedirectWarm(b *testing.B) {
 	eu := newBlobServer(b, "eu/blobs/", blobA)
 	us := newBlobServer(b, "", blobA)
-	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer svc.Close()
-	req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
-	req.RemoteAddr = "192.0.2.1:5000"
-	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	svc := testService(b, eu, us, BuildInfo{})
+	req := forwardedRequest("/v2/app/blobs/" + blobA)
 	w := &nullWriter{h: http.Header{}}
 	svc.Handler().ServeHTTP(w, req)
 	if w.h.Get("X-Mirror") != "eu-west" {
@@ -214,15 +226,9 @@ func BenchmarkBlobRedirectWarm(b *testing.B) {
 func BenchmarkBlobRedirectWarmParallel(b *testing.B) {
 	eu := newBlobServer(b, "eu/blobs/", blobA)
 	us := newBlobServer(b, "", blobA)
-	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer svc.Close()
+	svc := testService(b, eu, us, BuildInfo{})
 	newRequest := func() *http.Request {
-		req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
-		req.RemoteAddr = "192.0.2.1:5000"
-		req.Header.Set("X-Forwarded-For", "89.160.20.112")
+		req := forwardedRequest("/v2/app/blobs/" + blobA)
 		return req
 	}
 	w := &nullWriter{h: http.Header{}}
@@ -295,14 +301,7 @@ mirrors:
   - {name: eu-west, provider: http, base_url: %[3]s, country: DE, cloud_regions: ["aws:eu-central-1", "gcp:europe-west3"]}
   - {name: us-east, provider: http, base_url: %[4]s, country: US, cloud_regions: ["aws:us-east-1", "gcp:us-east1"]}
 `, geoDir(t), cloud, eu.URL, us.URL)
-	p := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(p, config.Overrides{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loadYAML(t, yaml)
 	svc, err := New(context.Background(), cfg, BuildInfo{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -37,15 +35,7 @@ sync:
   repositories:
     - name: app
 `, eu.URL, us.URL, geoDir(t))
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path, config.Overrides{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
+	return loadYAML(t, yaml)
 }
 
 // TestDemandMetrics: a blob the first-ranked mirror lacks counts a miss there, by configured

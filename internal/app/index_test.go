@@ -6,13 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/internal/testenv"
 )
 
@@ -56,14 +53,7 @@ sync:
     - {name: app, tags: ["1.*", "1.0", latest]}
     - {name: tools/lint}
 `, eu.URL, us.URL, s3.URL, geoDir(t))
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path, config.Overrides{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := loadYAML(t, yaml)
 	svc, err := New(context.Background(), cfg, BuildInfo{Version: "v9.8.7"}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -146,9 +136,7 @@ sync:
 	if got := strings.Count(page(), missed); got != 3 {
 		t.Errorf("%d mirrors show no misses, want all 3", got)
 	}
-	req := httptest.NewRequest("GET", "/v2/app/blobs/"+blobA, nil)
-	req.RemoteAddr = "192.0.2.1:5000"
-	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	req := forwardedRequest("/v2/app/blobs/" + blobA)
 	svc.Handler().ServeHTTP(httptest.NewRecorder(), req)
 	body := page()
 	if i := strings.Index(body, `data-mirror="eu-west"`); i < 0 || !strings.HasPrefix(body[i+strings.Index(body[i:], `<td class="misses">`):], `<td class="misses">1</td>`) {
@@ -179,14 +167,8 @@ func TestPullTag(t *testing.T) {
 func BenchmarkIndexPageOfService(b *testing.B) {
 	eu := newBlobServer(b, "eu/blobs/", blobA)
 	us := newBlobServer(b, "", blobA)
-	svc, err := New(context.Background(), testConfig(b, eu, us), BuildInfo{}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer svc.Close()
-	req := httptest.NewRequest("GET", "/", nil)
-	req.RemoteAddr = "192.0.2.1:5000"
-	req.Header.Set("X-Forwarded-For", "89.160.20.112")
+	svc := testService(b, eu, us, BuildInfo{})
+	req := forwardedRequest("/")
 	w := &nullWriter{h: http.Header{}}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,9 +1,7 @@
 package app
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -19,11 +17,7 @@ import (
 func TestMetrics(t *testing.T) {
 	eu := newBlobServer(t, "eu/blobs/", blobA)
 	us := newBlobServer(t, "", blobA)
-	svc, err := New(context.Background(), testConfig(t, eu, us), BuildInfo{Version: "1.2.3", Commit: "abc"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := testService(t, eu, us, BuildInfo{Version: "1.2.3", Commit: "abc"})
 	get := func(target, xff string) {
 		req := httptest.NewRequest("GET", target, nil)
 		req.RemoteAddr = "192.0.2.1:1"
