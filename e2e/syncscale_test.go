@@ -526,7 +526,7 @@ func TestSyncScale(t *testing.T) {
 			}
 			t.Logf("SYNCSCALE-RESUME size_mib=%d s3_parts=%d stored_before_kill=%d parts_sent_by_rerun=%d s3_resumed_mib=%d gcs_pieces=%d stored_before_kill=%d pieces_sent_by_rerun=%d gcs_resumed_mib=%d rerun_s=%.1f peak_rss_mib=%.1f",
 				size>>20, parts, kept, resent, resumed[s3Mirror]>>20, pieces, keptPieces, resentPieces, resumed[gcsMirror]>>20, r2.seconds, r2.rssMiB)
-			if resent > parts-kept {
+			if resent > parts-kept || resent == 0 {
 				t.Errorf("the rerun sent %d parts; %d of %d were stored already", resent, kept, parts)
 			}
 			if resumed[s3Mirror] < int64(kept)*(8<<20) {
