@@ -26,6 +26,7 @@
 #   BASELINE=<git rev> scripts/bench.sh       also the service built from <rev> (targets @base)
 #   PAIRED=0 scripts/bench.sh                 bare Go once a round instead of around every target
 #                                             (half the time; ratios then span minutes of load)
+#   SVC_GOGC=25 scripts/bench.sh              the service (not bare Go) with GOGC=25
 #   GEOIP_CITY=GeoLite2-City.mmdb GEOIP_ASN=GeoLite2-ASN.mmdb scripts/bench.sh
 #
 # wrk runs with THREADS threads (2) and CONNECTIONS connections (64) on the same cores as the
@@ -209,7 +210,7 @@ serve() {
 	shift 4
 	env -u AWS_PROFILE -u AWS_REGION -u AWS_DEFAULT_REGION -u HTTP_PROXY -u HTTPS_PROXY \
 		AWS_CONFIG_FILE="$work/aws-config" AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true \
-		STORAGE_EMULATOR_HOST=127.0.0.4:17001 \
+		STORAGE_EMULATOR_HOST=127.0.0.4:17001 ${SVC_GOGC:+GOGC=$SVC_GOGC} \
 		"$bin" serve --config "$cfg" --listen "$listen" "$@" 2>"$work/$name.err" >/dev/null &
 	pids+=($!)
 	pid_of[$name]=$!
