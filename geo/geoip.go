@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync/atomic"
 
@@ -109,6 +110,24 @@ func openReader(path, want string, probe func(*geoip2.Reader) error) (*maxminddb
 	// The memory goes when the reader does: after Close, once the last lookup holding it is done.
 	runtime.AddCleanup(r, func(release func()) { release() }, release)
 	return r, nil
+}
+
+// openDatabase opens path for readDatabase and returns its size, refusing a file over
+// maxDatabaseSize.
+func openDatabase(path string) (*os.File, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() > maxDatabaseSize {
+		err = tooLarge(fi.Size())
+	}
+	if err != nil {
+		f.Close() // read-only: closing cannot lose anything
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
 }
 
 func tooLarge(n int64) error {

@@ -5,7 +5,6 @@ package geo
 import (
 	"bytes"
 	"io"
-	"os"
 )
 
 // readDatabase reads the whole file at path, refusing one over maxDatabaseSize. The buffer is
@@ -13,19 +12,12 @@ import (
 // limit holds even if the file grows while it is read. The garbage collector frees it: release
 // does nothing.
 func readDatabase(path string) (data []byte, release func(), err error) {
-	f, err := os.Open(path)
+	f, size, err := openDatabase(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close() // read-only: closing cannot lose anything
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if fi.Size() > maxDatabaseSize {
-		return nil, nil, tooLarge(fi.Size())
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
 	if _, err := buf.ReadFrom(io.LimitReader(f, maxDatabaseSize+1)); err != nil {
 		return nil, nil, err
 	}

@@ -5,7 +5,6 @@ package geo
 import (
 	"errors"
 	"io"
-	"os"
 	"syscall"
 )
 
@@ -19,19 +18,11 @@ import (
 // memory under load for nothing, since a []byte holds no pointers to scan. Being a private copy,
 // not a mapping of the file, it cannot change when the file is rewritten in place.
 func readDatabase(path string) (data []byte, release func(), err error) {
-	f, err := os.Open(path)
+	f, size, err := openDatabase(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close() // read-only: closing cannot lose anything
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	size := fi.Size()
-	if size > maxDatabaseSize {
-		return nil, nil, tooLarge(size)
-	}
 	if size == 0 {
 		return nil, func() {}, nil
 	}
