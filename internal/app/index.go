@@ -43,7 +43,7 @@ func indexInfo(cfg *config.Config, ups *upstream.Table, parts *Parts, version st
 	sel, loc := parts.Selector, parts.Locator
 	info.Health = func() []redirector.IndexHealth { return indexHealth(sel.Health()) }
 	info.Visitor = func(addr netip.Addr) redirector.IndexVisitor {
-		l := loc.Locate(addr.Unmap().WithZone(""))
+		l := loc.Locate(addr) // Locate normalises the address
 		return indexVisitor(sel.ExplainRanking(mirrors.Query{Loc: l}), sel.Health())
 	}
 	return info
