@@ -297,7 +297,7 @@ func TestDemandMirroring(t *testing.T) {
 		}
 		text, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		checkMetricLabels(t, string(text), []string{"app", "tools", "other"}, []string{fromDE.client, "secret-project", strings.TrimPrefix(app.Layers[0], "sha256:")})
+		testenv.CheckMetricLabels(t, string(text), []string{"app", "tools", "other"}, []string{fromDE.client, "secret-project", strings.TrimPrefix(app.Layers[0], "sha256:")})
 	}
 	for _, l := range []string{"repository", "mirror", "continent"} {
 		resp, err := http.Get(prom + "/api/v1/label/" + l + "/values")
@@ -317,51 +317,10 @@ func TestDemandMirroring(t *testing.T) {
 			t.Errorf("Prometheus repository values %q lack app", vals.Data)
 		}
 		for _, v := range vals.Data {
-			if looksLikeDigestOrAddress(v) || (l == "repository" && !slices.Contains([]string{"app", "tools", "other"}, v)) {
+			if testenv.LooksLikeDigestOrAddress(v) || (l == "repository" && !slices.Contains([]string{"app", "tools", "other"}, v)) {
 				t.Errorf("Prometheus holds label %s=%q", l, v)
 			}
 		}
 	}
 	t.Logf("demand mirroring end to end in %v", time.Since(start).Round(time.Millisecond))
-}
-
-var (
-	digestLike  = regexp.MustCompile(`[0-9a-f]{32,}`)
-	addressLike = regexp.MustCompile(`^\d{1,3}(\.\d{1,3}){3}$|^[0-9a-fA-F:]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*$`)
-	labelValue  = regexp.MustCompile(`(\w+)="((?:[^"\\]|\\.)*)"`)
-)
-
-func looksLikeDigestOrAddress(v string) bool {
-	return digestLike.MatchString(v) || addressLike.MatchString(v)
-}
-
-// checkMetricLabels fails on an oci_proxy series whose label value looks like a digest or an
-// address, on a repository label outside repos, and on any of the forbidden strings anywhere.
-func checkMetricLabels(t *testing.T, text string, repos, forbidden []string) {
-	t.Helper()
-	for _, line := range strings.Split(text, "\n") {
-		if strings.HasPrefix(line, "#") || line == "" {
-			continue
-		}
-		for _, f := range forbidden {
-			if strings.Contains(line, f) {
-				t.Errorf("metrics line holds %q: %s", f, line)
-			}
-		}
-		if !strings.HasPrefix(line, "oci_proxy_") {
-			continue
-		}
-		for _, m := range labelValue.FindAllStringSubmatch(line, -1) {
-			name, val := m[1], m[2]
-			if name == "version" || name == "commit" || name == "goversion" {
-				continue
-			}
-			if looksLikeDigestOrAddress(val) {
-				t.Errorf("label %s=%q looks like a digest or an address: %s", name, val, line)
-			}
-			if name == "repository" && !slices.Contains(repos, val) {
-				t.Errorf("repository label %q is not configured: %s", val, line)
-			}
-		}
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/happy-turtle/oci-proxy/config"
 	"github.com/happy-turtle/oci-proxy/demand"
+	"github.com/happy-turtle/oci-proxy/internal/testenv"
 	"github.com/happy-turtle/oci-proxy/mirrors"
 	"github.com/happy-turtle/oci-proxy/oci"
 	"github.com/happy-turtle/oci-proxy/redirector"
@@ -85,7 +85,7 @@ func TestDemandMetrics(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	checkLabels(t, text, "app", "other")
+	testenv.CheckMetricLabels(t, text, []string{"app", "other"}, nil)
 	if got := svc.demand.MirrorMisses(); got["eu-west"] != 4 || got["us-east"] != 0 {
 		t.Errorf("MirrorMisses = %v; want eu-west 4", got)
 	}
@@ -116,44 +116,6 @@ func TestDemandMetrics(t *testing.T) {
 	if rec := get("/_/demand?top=1", ""); !strings.Contains(rec.Body.String(), blobB) || strings.Count(rec.Body.String(), `"digest"`) != 1 {
 		t.Errorf("top=1: %s", rec.Body.String())
 	}
-}
-
-var (
-	digestish  = regexp.MustCompile(`[0-9a-f]{32,}`)
-	addressish = regexp.MustCompile(`^\d+\.\d+\.\d+\.\d+$|:.*:`)
-	labelPair  = regexp.MustCompile(`(\w+)="([^"]*)"`)
-)
-
-// checkLabels fails on any label value of an oci_proxy series that looks like a digest or an
-// address, and on a repository label outside repos.
-func checkLabels(t *testing.T, text string, repos ...string) {
-	t.Helper()
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, "oci_proxy_") {
-			continue
-		}
-		for _, m := range labelPair.FindAllStringSubmatch(line, -1) {
-			name, val := m[1], m[2]
-			if name == "goversion" || name == "version" || name == "commit" {
-				continue
-			}
-			if digestish.MatchString(val) || addressish.MatchString(val) {
-				t.Errorf("label %s=%q looks like a digest or an address: %s", name, val, line)
-			}
-			if name == "repository" && !contains(repos, val) {
-				t.Errorf("repository label %q is not configured: %s", val, line)
-			}
-		}
-	}
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // BenchmarkDemandRecord is what demand counting adds to a blob request, against the existing
