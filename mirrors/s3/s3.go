@@ -21,7 +21,6 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/happy-turtle/oci-proxy/mirrors"
@@ -64,7 +63,7 @@ type Backend struct {
 	bucket   string
 	client   *s3.Client
 	presign  *s3.PresignClient
-	uploader *transfermanager.Client
+	partSize int64 // of Put; 0: DefaultPartSize
 	timeout  time.Duration
 }
 
@@ -148,7 +147,7 @@ func New(ctx context.Context, c Config, opts Options) (*Backend, error) {
 		bucket:   c.Bucket,
 		client:   client,
 		presign:  s3.NewPresignClient(client),
-		uploader: newUploader(client, opts.PartSize),
+		partSize: opts.PartSize,
 		timeout:  timeout,
 	}, nil
 }

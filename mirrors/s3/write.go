@@ -16,7 +16,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -24,79 +23,33 @@ import (
 )
 
 // DefaultPartSize is the size of one part of a multipart upload, and the size from which an
-// upload is multipart. A Put holds at most (uploadConcurrency+1) parts in memory, whatever the
-// size of the blob.
+// upload is multipart.
 const DefaultPartSize = 8 << 20
-
-// uploadConcurrency is how many parts of one Put are in flight. The sync command already copies
-// several blobs at once, and its upstream download paces each one.
-const uploadConcurrency = 2
 
 // abortTimeout bounds the abort of a failed multipart upload. It runs on a context of its own:
 // the upload's context is often the reason it failed (a copy's deadline, a stopping sync), and an
 // upload left unaborted keeps its parts, billed as storage, until a lifecycle rule removes them.
 const abortTimeout = 30 * time.Second
 
-// writeAttempts is how many times a failed upload request (one part, or the whole object below
-// DefaultPartSize) is tried. Unlike Stat, a copy has time to retry: its parts are in memory.
+// writeAttempts is how many times a failed upload request held in memory (the whole object
+// below the part size, or a part resumed and sent again) is tried. Unlike Stat, a copy has time
+// to retry.
 const writeAttempts = 3
 
 var _ mirrors.Writer = (*Backend)(nil)
 
-// newUploader builds the transfer manager that Put streams through: multipart for anything of
-// partSize or more, so that no blob is held in memory whole, and a single PutObject below.
-// Every request body is a part buffered in memory, so its length and checksum are known before it
-// is sent, which S3 requires of a body over plain HTTP.
-func newUploader(client *s3.Client, partSize int64) *transfermanager.Client {
-	if partSize <= 0 {
-		partSize = DefaultPartSize
-	}
-	w := s3.New(client.Options(), func(o *s3.Options) { o.RetryMaxAttempts = writeAttempts })
-	return transfermanager.New(w, func(o *transfermanager.Options) {
-		o.PartSizeBytes = partSize
-		o.MultipartUploadThreshold = partSize
-		o.Concurrency = uploadConcurrency
-		// Zero would abort on the upload's context, which is dead when it is what failed.
-		o.FailTimeout = abortTimeout
-	})
-}
-
-// Put streams size bytes from body into key. Blobs of DefaultPartSize or more go up as a
-// multipart upload; a body that ends early, runs long or fails to read, or a ctx that ends,
-// aborts the upload, so no partial object is left under key and no parts are left in the bucket.
-// The abort has its own deadline (abortTimeout), so a Put cut off by its context still cleans up;
-// only a process killed mid-upload leaves one behind (see docs/SYNC.md for the lifecycle rule
-// that removes those).
+// Put streams size bytes from body into key: Upload with the backend's part size and without
+// Resume. Blobs of the part size or more go up as a multipart upload; a body that ends early,
+// runs long or fails to read, or a ctx that ends, aborts the upload, so no partial object is left
+// under key and no parts are left in the bucket. The abort has its own deadline (abortTimeout),
+// so a Put cut off by its context still cleans up; only a process killed mid-upload leaves one
+// behind (see docs/SYNC.md for the lifecycle rule that removes those).
 func (b *Backend) Put(ctx context.Context, key string, body io.Reader, size int64) error {
-	if size < 0 {
-		return fmt.Errorf("put %s on mirror %q: size %d", key, b.name, size)
-	}
-	r := &exactReader{ctx: ctx, r: body, left: size}
-	_, err := b.uploader.UploadObject(ctx, &transfermanager.UploadObjectInput{
-		Bucket:        &b.bucket,
-		Key:           &key,
-		Body:          r,
-		ContentLength: aws.Int64(size),
-		ContentType:   aws.String("application/octet-stream"),
-	})
-	if err == nil {
-		return nil
-	}
-	if mu, ok := errors.AsType[transfermanager.MultipartUploadError](err); ok && mu.UploadID() != "" {
-		if aerr := b.abort(ctx, key, mu.UploadID()); aerr != nil {
-			err = fmt.Errorf("%w; and abort: %w", err, aerr)
-		}
-	}
-	// The transfer manager reports a cancellation as text when its own abort failed too: keep
-	// it matchable.
-	if cerr := context.Cause(ctx); cerr != nil && !errors.Is(err, cerr) {
-		err = fmt.Errorf("%w: %w", cerr, err)
-	}
-	return fmt.Errorf("put %s on mirror %q: %w", key, b.name, err)
+	_, err := b.Upload(ctx, key, body, size, UploadOptions{PartSize: b.partSize})
+	return err
 }
 
-// abort aborts multipart upload id of key (once more after the transfer manager's own abort,
-// for Put: that one may have failed). S3 documents that a part still arriving when an upload is
+// abort aborts multipart upload id of key. S3 documents that a part still arriving when an upload is
 // aborted can be stored anyway, so that an abort may have to be repeated to free everything: a
 // part request cut off a moment ago may still be in the service's hands. So abort checks that
 // the upload is gone (NoSuchUpload, 404) and tries again, a few times, until it is.
@@ -245,14 +198,15 @@ type UploadResult struct {
 	KeptParts int
 }
 
-// Upload streams size bytes from body into key, as Put does, but with its own multipart
-// upload: each part is sent as it is read from the body, holding none of it in memory (see
-// streamed), the next one starting while the one before waits for its answer, up to Parallel
-// in flight; Progress reports every byte the HTTP client reads; and with Resume, an upload cut
-// off by a lost connection or a killed process is continued rather than started again (the
-// parts it stored are read into memory one at a time, to be checked). A blob smaller than
-// PartSize is read into memory and sent in one PutObject, with retries. Before it completes an upload it has checked the body's length; after, the
-// stored object's size. The object appears only when the upload completes.
+// Upload streams size bytes from body into key. A blob of PartSize or more goes up as a
+// multipart upload: each part is sent as it is read from the body, holding none of it in memory
+// (see streamed), the next one starting while the one before waits for its answer, up to
+// Parallel in flight; Progress reports every byte the HTTP client reads; and with Resume, an
+// upload cut off by a lost connection or a killed process is continued rather than started again
+// (the parts it stored are read into memory one at a time, to be checked). A smaller blob is read
+// into memory and sent in one PutObject, with retries. Before it completes an upload it has
+// checked the body's length; after, the stored object's size. The object appears only when the
+// upload completes.
 func (b *Backend) Upload(ctx context.Context, key string, body io.Reader, size int64, o UploadOptions) (UploadResult, error) {
 	if size < 0 {
 		return UploadResult{}, fmt.Errorf("put %s on mirror %q: size %d", key, b.name, size)
