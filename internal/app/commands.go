@@ -178,7 +178,7 @@ func explainRoute(ups *upstream.Table, name string) (*RouteExplanation, error) {
 
 // Explain is the one explanation of a blob decision, shared by `resolve` and /_/resolve.
 func (p *Parts) Explain(ctx context.Context, addr netip.Addr, d oci.Digest, method string) mirrors.Explanation {
-	loc := p.Locator.Locate(addr.Unmap().WithZone(""))
+	loc := p.Locator.Locate(addr) // Locate gives the address one spelling
 	return p.Selector.Explain(ctx, mirrors.Query{Loc: loc, Digest: d, Method: method})
 }
 
